@@ -1,0 +1,915 @@
+"""Channel: a multi-producer, multi-consumer message channel for threads and coroutines.
+
+Theory of operation
+-------------------
+Three flavours behind one class (crossbeam's ``flavors``): unbounded, bounded
+(``capacity=N``) and rendezvous (``capacity=0``). ``Channel(capacity=...)``
+returns the flavour; all are ``Channel`` instances.
+
+State. ``_buf`` (a deque) holds buffered messages. ``_lock`` guards everything
+else: the queues of parked receivers and senders, ``_closed``, ``_drained`` and
+every move of a message that is not a plain fast-path append or popleft.
+Parked parties are :class:`~ioserver.sched.WakeupHandle` entries in FIFO
+queues, so blocked senders and receivers are served in arrival order.
+
+Fast paths take no lock. They rest on four premises:
+  [1] ``deque.append``/``popleft``/``pop`` are atomic (CPython documents deque
+      operations as thread-safe; under the GIL each is one C call);
+  [2] a fast-path sender appends *then* reads ``_rwake``; a receiver that is
+      about to park sets ``_rwake`` under ``_lock`` *then* re-checks ``_buf``
+      (and the same for bounded senders: ``_room`` then ``_swake``);
+  [3] reads and writes of one attribute are atomic and, under the GIL,
+      sequentially consistent;
+  [4] a parked party is ended by whoever wins its handle's claim (sched.py).
+From [1]-[3]: either the parking receiver's re-check sees the new message, or
+the sender sees ``_rwake`` and hands the message over under the lock. A wakeup
+can't be lost. The interleaving that [2] closes: "sender checks for sleepers,
+receiver registers and finds the buffer empty, sender appends", the classic
+lost wakeup.
+
+A woken waiter is removed from the queue by its waker (the claim), so the next
+send sees ``_rwake`` false and is back on the fast path: a receiver waiting for
+the GIL does not make every later send take the lock.
+
+Handoff. A parked receiver is given its message by the party that wakes it:
+``payload = (index, message)``. If a faster receiver took the message first,
+the payload is ``_RETRY`` and the receiver tries again; nothing is consumed
+twice or lost. A parked sender of a bounded channel is handed a free slot
+(``_SLOT``) and stores its message itself when it runs; a parked thread sender
+of a rendezvous channel hands its message straight to the receiver that claims
+it (``_SENT``); a parked coroutine sender of a rendezvous channel is asked to
+come and hand it over (``_WANT``), so that a coroutine cancelled at that moment
+has delivered nothing.
+
+Close. ``close()`` sets ``_closed`` and wakes everyone. Receivers take what is
+buffered, then the first receiver to find the buffer empty marks the channel
+*drained* and swaps ``_buf`` for a deque with ``maxlen=0`` (appends to it are
+discarded). A fast-path send that overlaps ``close()`` sees ``_rwake`` after
+its append and resolves under the lock: if its message landed in the live
+buffer before the drain it is delivered and ``send`` returns; otherwise the
+message is taken back (or was discarded) and ``send`` raises ChannelClosed,
+unless a receiver already took it, in which case ``send`` returns. So a send
+that returns was delivered, and a send that raises was not.
+
+Cancellation (coroutines). A cancelled ``arecv``/``asend`` did not happen: a
+receiver that was handed a message and is cancelled before it runs puts the
+message back at the head of the channel (into a free slot it still holds, for a
+bounded channel); a sender never has its message taken while it can still be
+cancelled (see ``_SLOT``/``_WANT``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from threading import Lock
+from time import monotonic as _now
+from typing import Any, Generic, TypeVar
+
+from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle, WokenThenCancelled
+
+__all__ = ["Channel", "ChannelClosed", "ChannelStatistics", "Empty", "Full"]
+
+T = TypeVar("T")
+
+
+class ChannelClosed(Exception):
+    """Raised by send operations on a closed channel, and by receive operations
+    (``recv``, ``try_recv``, ``select``...) once the channel is closed *and* drained.
+
+    ``channel`` is the closed source (as passed to ``select``); ``value`` is the
+    message a failed send hands back (None for a receive).
+    """
+
+    def __init__(self, channel: object = None, value: Any = None) -> None:
+        super().__init__(channel, value)
+        self.channel = channel
+        self.value = value
+
+    def __str__(self) -> str:
+        return f"channel {self.channel!r} is closed"
+
+
+class Empty(queue.Empty):
+    """Raised by ``try_recv`` when no message is ready."""
+
+
+class Full(queue.Full):
+    """Raised by ``try_send`` when the channel has no room; ``value`` is the message."""
+
+    def __init__(self, value: Any = None) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStatistics:
+    """A snapshot of a channel's state (each field may change at once under concurrency)."""
+
+    #: messages in the buffer (0 for a rendezvous channel, bar a put-back)
+    buffered: int
+    #: ``None`` for unbounded, else the capacity given (0 for rendezvous)
+    capacity: int | None
+    #: senders parked in ``send``/``asend``/``select``
+    waiting_senders: int
+    #: receivers parked in ``recv``/``arecv``/``select``
+    waiting_receivers: int
+    #: whether ``close()`` was called
+    closed: bool
+
+
+# Payload values a waker leaves in a handle, beside real messages.
+class _Mark:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+_RETRY = _Mark("RETRY")  # nothing was handed over: try the operation again
+_SLOT = _Mark("SLOT")  # bounded: a free slot is reserved for the parked sender
+_WANT = _Mark("WANT")  # rendezvous: a receiver is waiting for the parked coroutine sender
+_SENT = _Mark("SENT")  # rendezvous: a receiver took the parked thread sender's message
+_CLOSED = _Mark("CLOSED")  # the channel closed while the sender was parked
+_NOTHING = _Mark("NOTHING")  # select protocol: the operation is not ready
+
+_Receiver = tuple[WakeupHandle, int]  # (handle, index of the op in its select)
+_Sender = tuple[WakeupHandle, int, Any]  # (handle, index, message)
+
+
+class Channel(Generic[T]):
+    """A FIFO channel between any number of threads and coroutines, on any loops.
+
+    ``Channel()`` is unbounded, ``Channel(capacity=N)`` holds at most N
+    messages, ``Channel(capacity=0)`` is a rendezvous: a send completes only
+    when a receiver takes the message.
+
+    Timeouts, everywhere: ``None`` blocks, ``0`` polls, ``> 0`` waits at most
+    that long; nothing ready in time raises :class:`TimeoutError`, and a
+    TimeoutError means the operation did not happen.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_buf",
+        "_capacity",
+        "_closed",
+        "_dead",
+        "_drained",
+        "_lock",
+        "_receivers",
+        "_room",
+        "_rwake",
+        "_senders",
+        "_swake",
+    )
+
+    def __new__(cls, capacity: int | None = None) -> Channel[T]:
+        if cls is Channel:
+            if capacity is None:
+                cls = _Unbounded
+            elif not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 0:
+                raise ValueError(f"capacity must be None or an int >= 0, not {capacity!r}")
+            elif capacity == 0:
+                cls = _Rendezvous
+            else:
+                cls = _Bounded
+        return object.__new__(cls)
+
+    def __init__(self, capacity: int | None = None) -> None:
+        self._capacity = capacity
+        # Buffered messages; fast paths append/popleft without the lock ([1]).
+        self._buf: deque[Any] = deque()
+        # Guards the waiter queues, the close state and every slow-path move.
+        self._lock = Lock()
+        # Parked receivers and senders, in arrival order; entries whose handle
+        # was claimed elsewhere (a finished select) are skipped when met.
+        self._receivers: deque[_Receiver] = deque()
+        self._senders: deque[_Sender] = deque()
+        # True while receivers are parked or the channel is closed: a
+        # fast-path sender that sees it goes through the lock. Written under
+        # the lock, read without it ([2]).
+        self._rwake = False
+        # The same for receivers of a bounded channel: senders parked, or closed.
+        self._swake = False
+        self._closed = False
+        # Set (under the lock) by the first receiver that finds the channel
+        # closed and empty; from then on _buf discards appends.
+        self._drained = False
+        # Messages of sends that lost the race with the drain, kept until
+        # their senders look for them (see _resolve_late_send).
+        self._dead: list[Any] = []
+        # Bounded only: one token per free slot; a sender pops one before it
+        # appends and a receiver returns one after it takes a message.
+        self._room: deque[None] = deque()
+
+    # -- the public surface shared by all flavours ---------------------------------
+
+    @property
+    def capacity(self) -> int | None:
+        """``None`` for unbounded, else the capacity (0 for rendezvous)."""
+        return self._capacity
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called (not reliable for deciding to send: it
+        may change right after you look)."""
+        return self._closed
+
+    def __len__(self) -> int:
+        """Messages buffered now (not reliable under concurrency, as ``Queue.qsize``)."""
+        return len(self._buf)
+
+    def __repr__(self) -> str:
+        cap = "unbounded" if self._capacity is None else f"capacity={self._capacity}"
+        state = " closed" if self._closed else ""
+        return f"<{type(self).__qualname__.lstrip('_')} Channel {cap} buffered={len(self)}{state}>"
+
+    def statistics(self) -> ChannelStatistics:
+        """A frozen snapshot: buffered, capacity, waiting senders/receivers, closed."""
+        with self._lock:
+            return ChannelStatistics(
+                buffered=len(self._buf),
+                capacity=self._capacity,
+                waiting_senders=sum(1 for e in self._senders if not e[0].claimed),
+                waiting_receivers=sum(1 for e in self._receivers if not e[0].claimed),
+                closed=self._closed,
+            )
+
+    def close(self) -> None:
+        """Close the channel. Idempotent; never blocks.
+
+        Every parked sender wakes with ChannelClosed; every parked receiver
+        wakes, takes what is still buffered, then gets ChannelClosed.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._rwake = self._swake = True
+            receivers, self._receivers = self._receivers, deque()
+            senders, self._senders = self._senders, deque()
+        for handle, index in receivers:
+            _wake(handle, index, _RETRY)
+        for handle, index, _ in senders:
+            _wake(handle, index, _CLOSED)
+
+    def __iter__(self) -> Iterator[T]:
+        """Receive until the channel is closed and drained."""
+        recv = self.recv
+        try:
+            while True:
+                yield recv()
+        except ChannelClosed:
+            return
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        """Receive (async) until the channel is closed and drained."""
+        try:
+            while True:
+                yield await self.arecv()
+        except ChannelClosed:
+            return
+
+    # -- operations each flavour defines --------------------------------------------
+
+    def send(self, value: T, timeout: float | None = None) -> None:
+        """Send ``value``, blocking while the channel is full.
+
+        Raises ChannelClosed (with ``.value``) if the channel is closed, and
+        TimeoutError if no room came in time. A send that returns was
+        delivered (or is buffered for delivery); one that raises was not.
+        """
+        raise NotImplementedError
+
+    def try_send(self, value: T) -> None:
+        """Send without blocking; raises Full (with ``.value``) or ChannelClosed."""
+        raise NotImplementedError
+
+    def recv(self, timeout: float | None = None) -> T:
+        """Receive the next message, blocking while there is none.
+
+        Raises ChannelClosed once the channel is closed and drained, and
+        TimeoutError if nothing came in time.
+        """
+        raise NotImplementedError
+
+    def try_recv(self) -> T:
+        """Receive without blocking; raises Empty or ChannelClosed."""
+        raise NotImplementedError
+
+    async def asend(self, value: T, timeout: float | None = None) -> None:
+        """``send`` for coroutines. Cancelled, it did not happen."""
+        raise NotImplementedError
+
+    async def arecv(self, timeout: float | None = None) -> T:
+        """``recv`` for coroutines. Cancelled, it took no message."""
+        raise NotImplementedError
+
+    # -- the select protocol (see select.py) ----------------------------------------
+
+    def _sel_try_recv(self) -> Any:
+        """A message, or ``_NOTHING``; raises ChannelClosed when closed and drained."""
+        try:
+            return self.try_recv()
+        except Empty:
+            return _NOTHING
+
+    def _sel_try_send(self, value: Any) -> bool:
+        """Send if possible now; raises ChannelClosed."""
+        try:
+            self.try_send(value)
+        except Full:
+            return False
+        return True
+
+    def _sel_register_recv(self, handle: WakeupHandle, index: int) -> bool:
+        """Park ``handle`` as a receiver unless the channel is ready; False if ready."""
+        with self._lock:
+            if self._recv_ready():
+                return False
+            self._receivers.append((handle, index))
+            self._rwake = True
+            self._on_receiver_parked()
+            return True
+
+    def _sel_register_send(self, handle: WakeupHandle, index: int, value: Any) -> bool:
+        """Park ``handle`` as a sender of ``value`` unless the channel is ready."""
+        with self._lock:
+            if self._send_ready():
+                return False
+            self._senders.append((handle, index, value))
+            self._swake = True
+            self._on_sender_parked()
+            return True
+
+    def _sel_unregister(self, handle: WakeupHandle) -> None:
+        """Drop every entry of ``handle`` (a select that ended, or timed out)."""
+        with self._lock:
+            self._drop(handle)
+
+    def _sel_unrecv(self, value: Any) -> None:
+        """Put back a message a cancelled coroutine receiver was handed."""
+        with self._lock:
+            if self._drained:
+                # Closed and drained while the message was with the receiver:
+                # make it receivable again rather than lose it.
+                self._buf = deque()
+                self._drained = False
+            self._buf.appendleft(value)
+            self._feed()
+
+    def _sel_release_slot(self) -> None:
+        """A receiver that was handed a buffered message frees its slot (bounded)."""
+
+    def _sel_claimed_send(self, value: Any, mark: Any) -> bool:
+        """Finish a send for which a waker left ``mark`` (_SLOT or _WANT); False to retry."""
+        raise NotImplementedError
+
+    def _sel_abandon(self, mark: Any) -> None:
+        """A coroutine woken with ``mark`` was cancelled: give the wakeup back."""
+
+    # -- lock-held helpers ------------------------------------------------------------
+
+    def _recv_ready(self) -> bool:
+        return bool(self._buf) or self._closed
+
+    def _send_ready(self) -> bool:
+        raise NotImplementedError
+
+    def _on_sender_parked(self) -> None:
+        """Called under the lock after a sender parked."""
+
+    def _on_receiver_parked(self) -> None:
+        """Called under the lock after a receiver parked."""
+
+    def _drop(self, handle: WakeupHandle) -> None:
+        if self._receivers:
+            kept_r = deque(e for e in self._receivers if e[0] is not handle)
+            if len(kept_r) != len(self._receivers):
+                self._receivers = kept_r
+        if self._senders:
+            kept_s = deque(e for e in self._senders if e[0] is not handle)
+            if len(kept_s) != len(self._senders):
+                self._senders = kept_s
+        self._rwake = self._closed or bool(self._receivers)
+        self._swake = self._closed or bool(self._senders)
+
+    def _feed(self) -> None:
+        """Hand buffered messages to parked receivers (lock held)."""
+        receivers = self._receivers
+        buf = self._buf
+        while receivers and buf:
+            handle, index = receivers.popleft()
+            if handle.claim():
+                try:
+                    message = buf.popleft()
+                except IndexError:  # a fast-path receiver took it meanwhile
+                    message = _RETRY
+                handle.payload = (index, message)
+                handle.unpark()
+        self._rwake = self._closed or bool(receivers)
+
+    def _take_closed(self) -> Any:
+        """Lock held, buffer empty: a receiver found the channel closed; raise."""
+        if not self._drained:
+            self._drained = True
+            self._buf = deque(maxlen=0)
+        raise ChannelClosed(self)
+
+    def _resolve_late_send(self, buf: deque[Any], value: Any) -> None:
+        """A fast-path append overlapped close(); decide whether it was delivered.
+
+        Called with ``buf``, the deque the sender appended to, after it saw
+        ``_rwake``. Returns if the message is (or was) delivered; raises
+        ChannelClosed if it never will be.
+        """
+        with self._lock:
+            if buf is self._buf and not self._drained:
+                self._feed()  # live buffer: delivered (maybe to a parked receiver)
+                return
+            if buf.maxlen == 0:
+                raise ChannelClosed(self, value)  # the discarding deque kept nothing
+            # The old buffer, after the drain: no receiver reads it any more
+            # except one that loaded it just before the swap. Move what is
+            # there into _dead one item at a time; each item ends up either
+            # with that receiver or in _dead, never both ([1]).
+            dead = self._dead
+            while True:
+                try:
+                    dead.append(buf.popleft())
+                except IndexError:
+                    break
+            for i, item in enumerate(dead):
+                if item is value:
+                    del dead[i]
+                    raise ChannelClosed(self, value)
+            # Not found: a receiver took it, so it was delivered.
+
+
+def _wake(handle: WakeupHandle, index: int, payload: Any) -> None:
+    if handle.claim():
+        handle.payload = (index, payload)
+        handle.unpark()
+
+
+# ---------------------------------------------------------------------------------
+# Unbounded
+
+
+class _Unbounded(Channel[T]):
+    """Never full: sends never block."""
+
+    __slots__ = ()
+
+    def send(self, value: T, timeout: float | None = None) -> None:
+        if self._rwake:
+            return self._send_locked(value)
+        buf = self._buf
+        buf.append(value)
+        # A receiver may have parked (or close() run) while we appended ([2]).
+        if self._rwake:
+            self._resolve_late_send(buf, value)
+        return None
+
+    try_send = send
+
+    async def asend(self, value: T, timeout: float | None = None) -> None:
+        self.send(value)
+
+    def _send_locked(self, value: Any) -> None:
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed(self, value)
+            self._buf.append(value)
+            self._feed()
+
+    def _send_ready(self) -> bool:
+        return True
+
+    def recv(self, timeout: float | None = None) -> T:
+        try:
+            return self._buf.popleft()  # type: ignore[no-any-return]
+        except IndexError:
+            return _recv_slow(self, timeout)  # type: ignore[no-any-return]
+
+    def try_recv(self) -> T:
+        try:
+            return self._buf.popleft()  # type: ignore[no-any-return]
+        except IndexError:
+            return _recv_slow(self, 0, True)  # type: ignore[no-any-return]
+
+    async def arecv(self, timeout: float | None = None) -> T:
+        try:
+            return self._buf.popleft()  # type: ignore[no-any-return]
+        except IndexError:
+            return await _arecv_slow(self, timeout)  # type: ignore[no-any-return]
+
+    def _sel_claimed_send(self, value: Any, mark: Any) -> bool:
+        return False  # never parks a sender
+
+
+# ---------------------------------------------------------------------------------
+# Bounded
+
+
+class _Bounded(Channel[T]):
+    """At most ``capacity`` messages; ``_room`` holds one token per free slot."""
+
+    __slots__ = ()
+
+    def __init__(self, capacity: int | None = None) -> None:
+        super().__init__(capacity)
+        self._room.extend([None] * (capacity or 0))
+
+    def send(self, value: T, timeout: float | None = None) -> None:
+        if not self._rwake:
+            try:
+                self._room.pop()  # reserve a slot ([1]); IndexError when full
+            except IndexError:
+                pass
+            else:
+                buf = self._buf
+                buf.append(value)
+                if self._rwake:
+                    self._resolve_late_send(buf, value)
+                return
+        _send_slow(self, value, timeout)
+
+    def try_send(self, value: T) -> None:
+        if not self._rwake:
+            try:
+                self._room.pop()
+            except IndexError:
+                pass
+            else:
+                buf = self._buf
+                buf.append(value)
+                if self._rwake:
+                    self._resolve_late_send(buf, value)
+                return
+        _send_slow(self, value, 0, True)
+
+    async def asend(self, value: T, timeout: float | None = None) -> None:
+        if not self._rwake:
+            try:
+                self._room.pop()
+            except IndexError:
+                pass
+            else:
+                buf = self._buf
+                buf.append(value)
+                if self._rwake:
+                    self._resolve_late_send(buf, value)
+                return
+        await _asend_slow(self, value, timeout)
+
+    def recv(self, timeout: float | None = None) -> T:
+        try:
+            value = self._buf.popleft()
+        except IndexError:
+            return _recv_slow(self, timeout)  # type: ignore[no-any-return]
+        self._room.append(None)  # free the slot, then look for parked senders ([2])
+        if self._swake:
+            self._admit()
+        return value  # type: ignore[no-any-return]
+
+    def try_recv(self) -> T:
+        try:
+            value = self._buf.popleft()
+        except IndexError:
+            return _recv_slow(self, 0, True)  # type: ignore[no-any-return]
+        self._room.append(None)
+        if self._swake:
+            self._admit()
+        return value  # type: ignore[no-any-return]
+
+    async def arecv(self, timeout: float | None = None) -> T:
+        try:
+            value = self._buf.popleft()
+        except IndexError:
+            return await _arecv_slow(self, timeout)  # type: ignore[no-any-return]
+        self._room.append(None)
+        if self._swake:
+            self._admit()
+        return value  # type: ignore[no-any-return]
+
+    def _admit(self) -> None:
+        with self._lock:
+            self._admit_locked()
+
+    def _admit_locked(self) -> None:
+        """Give free slots to parked senders, in arrival order (lock held)."""
+        senders = self._senders
+        room = self._room
+        while senders:
+            try:
+                room.pop()  # reserve the slot first; IndexError when none is free
+            except IndexError:
+                break
+            while senders:
+                handle, index, _ = senders.popleft()
+                if handle.claim():
+                    handle.payload = (index, _SLOT)
+                    handle.unpark()
+                    break
+            else:
+                room.append(None)  # every parked entry was stale
+        self._swake = self._closed or bool(senders)
+
+    def _on_sender_parked(self) -> None:
+        # A slot may have been freed between the caller's check and parking.
+        self._admit_locked()
+
+    def _send_ready(self) -> bool:
+        return bool(self._room) or self._closed
+
+    def _sel_release_slot(self) -> None:
+        self._room.append(None)
+        if self._swake:
+            self._admit()
+
+    def _sel_claimed_send(self, value: Any, mark: Any) -> bool:
+        # _SLOT: a slot was reserved for us; store the message in it.
+        with self._lock:
+            if self._closed:
+                self._room.append(None)
+                raise ChannelClosed(self, value)
+            self._buf.append(value)
+            self._feed()
+        return True
+
+    def _sel_abandon(self, mark: Any) -> None:
+        if mark is _SLOT:
+            self._sel_release_slot()  # give the reserved slot back (and to the next sender)
+
+
+# ---------------------------------------------------------------------------------
+# Rendezvous
+
+
+class _Rendezvous(Channel[T]):
+    """No buffer: a send completes when a receiver takes the message.
+
+    ``_buf`` only ever holds messages put back by cancelled coroutine receivers.
+    """
+
+    __slots__ = ()
+
+    def send(self, value: T, timeout: float | None = None) -> None:
+        _send_slow(self, value, timeout)
+
+    def try_send(self, value: T) -> None:
+        _send_slow(self, value, 0, True)
+
+    async def asend(self, value: T, timeout: float | None = None) -> None:
+        await _asend_slow(self, value, timeout)
+
+    def recv(self, timeout: float | None = None) -> T:
+        return _recv_slow(self, timeout)  # type: ignore[no-any-return]
+
+    def try_recv(self) -> T:
+        return _recv_slow(self, 0, True)  # type: ignore[no-any-return]
+
+    async def arecv(self, timeout: float | None = None) -> T:
+        return await _arecv_slow(self, timeout)  # type: ignore[no-any-return]
+
+    def _recv_ready(self) -> bool:
+        # Ready only with a message in hand: a parked coroutine sender must be
+        # asked to come (_on_receiver_parked), which needs the receiver parked.
+        return bool(self._buf) or self._closed or _head_sender(self) == "thread"
+
+    def _on_receiver_parked(self) -> None:
+        if _head_sender(self) == "coroutine":
+            _ask_a_sender(self)
+
+    def _send_ready(self) -> bool:
+        return self._closed or any(not e[0].claimed for e in self._receivers)
+
+    def _sel_claimed_send(self, value: Any, mark: Any) -> bool:
+        # _WANT: a receiver asked for our message; hand it over if one still waits.
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed(self, value)
+            return _hand_to_receiver(self, value)
+
+    def _sel_abandon(self, mark: Any) -> None:
+        if mark is _WANT:
+            with self._lock:
+                _ask_a_sender(self)  # pass the request on to the next parked sender
+
+
+def _hand_to_receiver(ch: Channel[Any], value: Any) -> bool:
+    """Rendezvous, lock held: give ``value`` to the first parked receiver still waiting."""
+    receivers = ch._receivers
+    while receivers:
+        handle, index = receivers.popleft()
+        if handle.claim():
+            handle.payload = (index, value)
+            handle.unpark()
+            ch._rwake = ch._closed or bool(receivers)
+            return True
+    ch._rwake = ch._closed
+    return False
+
+
+def _head_sender(ch: Channel[Any]) -> str | None:
+    """Rendezvous, lock held: "thread" or "coroutine" for the first live parked
+    sender (dropping stale entries), None if there is none."""
+    senders = ch._senders
+    while senders:
+        handle = senders[0][0]
+        if not handle.claimed:
+            return "coroutine" if isinstance(handle, AsyncWakeup) else "thread"
+        senders.popleft()
+    ch._swake = ch._closed
+    return None
+
+
+def _take_from_sender(ch: Channel[Any]) -> Any:
+    """Rendezvous, lock held: take the message of the first parked sender if it
+    is a thread; ``_NOTHING`` otherwise (a coroutine sender must hand it over
+    itself, so that a cancelled one has delivered nothing)."""
+    senders = ch._senders
+    while senders:
+        handle, index, value = senders[0]
+        if isinstance(handle, AsyncWakeup):
+            return _NOTHING
+        senders.popleft()
+        if handle.claim():
+            handle.payload = (index, _SENT)
+            handle.unpark()
+            ch._swake = ch._closed or bool(senders)
+            return value
+    ch._swake = ch._closed
+    return _NOTHING
+
+
+def _ask_a_sender(ch: Channel[Any]) -> None:
+    """Rendezvous, lock held: wake the first parked sender with ``_WANT``."""
+    senders = ch._senders
+    while senders:
+        handle, index, _ = senders.popleft()
+        if handle.claim():
+            handle.payload = (index, _WANT)
+            handle.unpark()
+            break
+    ch._swake = ch._closed or bool(senders)
+
+
+# ---------------------------------------------------------------------------------
+# Slow paths, shared by the flavours: one attempt under the lock, then park.
+
+
+def _try_recv_locked(ch: Channel[Any]) -> Any:
+    """Lock held: a message, or ``_NOTHING``; raises ChannelClosed if drained."""
+    buf = ch._buf
+    if buf:
+        value = buf.popleft()
+        if isinstance(ch, _Bounded):
+            ch._room.append(None)
+            ch._admit_locked()
+        return value
+    if isinstance(ch, _Rendezvous):
+        value = _take_from_sender(ch)
+        if value is not _NOTHING:
+            return value
+    if ch._closed:
+        ch._take_closed()
+    return _NOTHING
+
+
+def _try_send_locked(ch: Channel[Any], value: Any) -> bool:
+    """Lock held: send now if possible; raises ChannelClosed."""
+    if ch._closed:
+        raise ChannelClosed(ch, value)
+    if isinstance(ch, _Rendezvous):
+        return _hand_to_receiver(ch, value)
+    if isinstance(ch, _Bounded):
+        try:
+            ch._room.pop()
+        except IndexError:
+            return False
+    ch._buf.append(value)
+    ch._feed()
+    return True
+
+
+def _recv_slow(ch: Channel[Any], timeout: float | None, nowait: bool = False) -> Any:
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        with ch._lock:
+            value = _try_recv_locked(ch)
+            if value is not _NOTHING:
+                return value
+            if nowait:
+                raise Empty
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError("recv timed out")
+            handle = ThreadWakeup()
+            ch._receivers.append((handle, 0))
+            ch._rwake = True
+            ch._on_receiver_parked()
+        if not handle.park(None if deadline is None else max(0.0, deadline - _now())):
+            ch._sel_unregister(handle)
+            raise TimeoutError("recv timed out")
+        value = handle.payload[1]
+        if value is not _RETRY:
+            if isinstance(ch, _Bounded):
+                ch._sel_release_slot()
+            return value
+
+
+async def _arecv_slow(ch: Channel[Any], timeout: float | None) -> Any:
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        with ch._lock:
+            value = _try_recv_locked(ch)
+            if value is not _NOTHING:
+                return value
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError("arecv timed out")
+            handle = AsyncWakeup()
+            ch._receivers.append((handle, 0))
+            ch._rwake = True
+            ch._on_receiver_parked()
+        try:
+            woken = await handle.park(None if deadline is None else max(0.0, deadline - _now()))
+        except WokenThenCancelled:
+            value = handle.payload[1]
+            if value is not _RETRY:
+                ch._sel_unrecv(value)  # the cancelled receive takes nothing
+            raise asyncio.CancelledError from None
+        except asyncio.CancelledError:
+            ch._sel_unregister(handle)
+            raise
+        if not woken:
+            ch._sel_unregister(handle)
+            raise TimeoutError("arecv timed out")
+        value = handle.payload[1]
+        if value is not _RETRY:
+            if isinstance(ch, _Bounded):
+                ch._sel_release_slot()
+            return value
+
+
+def _send_slow(ch: Channel[Any], value: Any, timeout: float | None, nowait: bool = False) -> None:
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        with ch._lock:
+            if _try_send_locked(ch, value):
+                return
+            if nowait:
+                raise Full(value)
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError("send timed out")
+            handle = ThreadWakeup()
+            ch._senders.append((handle, 0, value))
+            ch._swake = True
+            ch._on_sender_parked()
+        if not handle.park(None if deadline is None else max(0.0, deadline - _now())):
+            ch._sel_unregister(handle)
+            raise TimeoutError("send timed out")
+        mark = handle.payload[1]
+        if mark is _SENT:
+            return
+        if mark is _CLOSED:
+            raise ChannelClosed(ch, value)
+        if mark is not _RETRY and ch._sel_claimed_send(value, mark):
+            return
+
+
+async def _asend_slow(ch: Channel[Any], value: Any, timeout: float | None) -> None:
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        with ch._lock:
+            if _try_send_locked(ch, value):
+                return
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError("asend timed out")
+            handle = AsyncWakeup()
+            ch._senders.append((handle, 0, value))
+            ch._swake = True
+            ch._on_sender_parked()
+        try:
+            woken = await handle.park(None if deadline is None else max(0.0, deadline - _now()))
+        except WokenThenCancelled:
+            ch._sel_abandon(handle.payload[1])  # nothing was sent; pass the wakeup on
+            raise asyncio.CancelledError from None
+        except asyncio.CancelledError:
+            ch._sel_unregister(handle)
+            raise
+        if not woken:
+            ch._sel_unregister(handle)
+            raise TimeoutError("asend timed out")
+        mark = handle.payload[1]
+        if mark is _CLOSED:
+            raise ChannelClosed(ch, value)
+        if mark is not _RETRY and ch._sel_claimed_send(value, mark):
+            return

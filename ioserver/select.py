@@ -1,0 +1,231 @@
+"""select()/aselect(): wait on any mix of channels, ports and send operations; do exactly one.
+
+Theory of operation
+-------------------
+An operation is a receive (any object with the selectable protocol below: a
+Channel, a Port, a RemotePort) or a send, written ``(channel, value)``.
+
+1. Poll. Starting at a random operation (fairness, as Go and crossbeam do),
+   try each without blocking; the first that succeeds is the result. Ready
+   sources cost no registration at all.
+2. Register. Make one wakeup handle and park it on every operation, in the
+   same random order. Each channel re-checks readiness under its lock while
+   registering; if one became ready, stop registering, drop the entries made
+   so far and go back to 1. This is the "register, then re-check" step that
+   closes the race with a sender that looked for sleepers just before we
+   registered.
+3. Park. The party that wins the handle's claim (sched.py) either hands over
+   the operation's result (a message for a receive, a reserved slot or a
+   "come and hand it over" for a send) or says "retry". Every other party
+   finds the handle claimed and moves on to its next waiter, so a select
+   never swallows a wakeup meant for another receiver, and it consumes at
+   most one message.
+4. Unregister from every operation, then finish: return ``(source, message)``
+   for a receive, ``(channel, None)`` for a send.
+
+A closed source is ready: its buffered messages come first, then
+ChannelClosed with ``.channel`` set to the source as given.
+
+The selectable protocol (private names; a Port implements it by forwarding to
+its inbox, which is why select never needs to know what it has):
+
+``_sel_try_recv() -> message | _NOTHING`` (raises ChannelClosed),
+``_sel_try_send(value) -> bool``, ``_sel_register_recv(handle, index) -> bool``,
+``_sel_register_send(handle, index, value) -> bool``,
+``_sel_unregister(handle)``, ``_sel_unrecv(message)``,
+``_sel_release_slot()``, ``_sel_claimed_send(value, mark) -> bool``,
+``_sel_abandon(mark)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from time import monotonic as _now
+from typing import Any, Protocol
+
+from .channel import _CLOSED, _NOTHING, _RETRY, _SENT, ChannelClosed
+from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle, WokenThenCancelled
+
+__all__ = ["Selectable", "aselect", "select"]
+
+
+class Selectable(Protocol):
+    """What a receive source implements to take part in select (see the module doc)."""
+
+    def _sel_try_recv(self) -> Any: ...
+    def _sel_register_recv(self, handle: WakeupHandle, index: int) -> bool: ...
+    def _sel_unregister(self, handle: WakeupHandle) -> None: ...
+    def _sel_unrecv(self, value: Any) -> None: ...
+    def _sel_release_slot(self) -> None: ...
+
+
+_randrange = random.randrange
+
+
+class _Op:
+    """One operation of a select: ``source`` as given, and the send value if any."""
+
+    __slots__ = ("is_send", "source", "value")
+
+    def __init__(self, op: Any) -> None:
+        if isinstance(op, tuple):
+            if len(op) != 2:
+                raise TypeError(f"a send operation is (channel, value), not {op!r}")
+            self.source, self.value = op
+            self.is_send = True
+        else:
+            self.source, self.value, self.is_send = op, None, False
+        if not hasattr(self.source, "_sel_register_recv"):
+            raise TypeError(f"{self.source!r} cannot be selected on (not a channel or port)")
+
+
+def _prepare(ops: tuple[Any, ...]) -> list[_Op]:
+    if not ops:
+        raise ValueError("select needs at least one operation")
+    return [_Op(op) for op in ops]
+
+
+def _poll(ops: list[_Op], start: int) -> tuple[Any, Any] | None:
+    """Step 1: try every operation once without blocking, from ``start``."""
+    n = len(ops)
+    for k in range(n):
+        op = ops[(start + k) % n]
+        src = op.source
+        try:
+            if op.is_send:
+                if src._sel_try_send(op.value):
+                    return src, None
+            else:
+                message = src._sel_try_recv()
+                if message is not _NOTHING:
+                    return src, message
+        except ChannelClosed as exc:
+            raise ChannelClosed(src, exc.value) from None
+    return None
+
+
+def _register(ops: list[_Op], start: int, handle: WakeupHandle) -> bool:
+    """Step 2: park ``handle`` on every operation.
+
+    True: park now (everything is registered, or a waker already claimed the
+    handle and its handoff follows). False: an operation turned ready and we
+    took our own claim, so nobody will wake the handle; poll again.
+    """
+    n = len(ops)
+    for k in range(n):
+        i = (start + k) % n
+        op = ops[i]
+        if op.is_send:
+            parked = op.source._sel_register_send(handle, i, op.value)
+        else:
+            parked = op.source._sel_register_recv(handle, i)
+        if not parked:
+            # Ready now. Take our own claim so no waker acts on the entries we
+            # made; if a waker got there first, its handoff stands.
+            return not handle.claim()
+    return True
+
+
+def _unregister(ops: list[_Op], handle: WakeupHandle) -> None:
+    for op in ops:
+        op.source._sel_unregister(handle)
+
+
+def _finish(ops: list[_Op], payload: tuple[int, Any]) -> tuple[Any, Any] | None:
+    """Step 4: the result a waker handed over, or None to go round again."""
+    index, mark = payload
+    op = ops[index]
+    src = op.source
+    if mark is _RETRY:
+        return None
+    if op.is_send:
+        if mark is _SENT:
+            return src, None
+        if mark is _CLOSED:
+            raise ChannelClosed(src, op.value)
+        return (src, None) if src._sel_claimed_send(op.value, mark) else None
+    src._sel_release_slot()
+    return src, mark
+
+
+def select(*ops: Any, timeout: float | None = None) -> tuple[Any, Any]:
+    """Wait until one of ``ops`` can proceed, perform exactly that one, return it.
+
+    ``ops`` are receive sources (a Channel, a Port...) and send operations
+    ``(channel, value)``. Returns ``(source, message)`` for a receive and
+    ``(channel, None)`` for a send. Among several ready operations the pick is
+    random. ``timeout``: None blocks, 0 polls, > 0 waits at most that long;
+    nothing in time raises TimeoutError and then nothing happened.
+
+    A closed source counts as ready: its buffered messages first, then
+    ChannelClosed with ``.channel`` set to it.
+    """
+    prepared = _prepare(ops)
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        start = _randrange(len(prepared))
+        result = _poll(prepared, start)
+        if result is not None:
+            return result
+        left = None if deadline is None else deadline - _now()
+        if left is not None and left <= 0:
+            raise TimeoutError("select timed out")
+        handle = ThreadWakeup()
+        if not _register(prepared, start, handle):
+            _unregister(prepared, handle)
+            continue  # an operation turned ready while we registered: poll again
+        woken = handle.park(left)
+        _unregister(prepared, handle)
+        if not woken:
+            raise TimeoutError("select timed out")
+        result = _finish(prepared, handle.payload)
+        if result is not None:
+            return result
+
+
+async def aselect(*ops: Any, timeout: float | None = None) -> tuple[Any, Any]:
+    """``select`` for coroutines; wakeable from any thread or loop.
+
+    Cancelled, it did nothing: a message it was handed goes back to the head
+    of its channel, and a send is only ever finished by the select itself.
+    """
+    prepared = _prepare(ops)
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        start = _randrange(len(prepared))
+        result = _poll(prepared, start)
+        if result is not None:
+            return result
+        left = None if deadline is None else deadline - _now()
+        if left is not None and left <= 0:
+            raise TimeoutError("aselect timed out")
+        handle = AsyncWakeup()
+        if not _register(prepared, start, handle):
+            _unregister(prepared, handle)
+            continue  # an operation turned ready while we registered: poll again
+        try:
+            woken = await handle.park(left)
+        except WokenThenCancelled:
+            _unregister(prepared, handle)
+            _undo(prepared, handle.payload)
+            raise asyncio.CancelledError from None
+        except asyncio.CancelledError:
+            _unregister(prepared, handle)
+            raise
+        _unregister(prepared, handle)
+        if not woken:
+            raise TimeoutError("aselect timed out")
+        result = _finish(prepared, handle.payload)
+        if result is not None:
+            return result
+
+
+def _undo(ops: list[_Op], payload: tuple[int, Any]) -> None:
+    """A coroutine select was handed ``payload`` and then cancelled: give it back."""
+    index, mark = payload
+    op = ops[index]
+    if op.is_send:
+        op.source._sel_abandon(mark)
+    elif mark is not _RETRY:
+        op.source._sel_unrecv(mark)
