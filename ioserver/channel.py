@@ -63,7 +63,7 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from threading import Lock
 from time import monotonic as _now
@@ -168,6 +168,7 @@ class Channel(Generic[T]):
         "_rwake",
         "_senders",
         "_swake",
+        "_watchers",
     )
 
     def __new__(cls, capacity: int | None = None) -> Channel[T]:
@@ -208,6 +209,9 @@ class Channel(Generic[T]):
         # Bounded only: one token per free slot; a sender pops one before it
         # appends and a receiver returns one after it takes a message.
         self._room: deque[None] = deque()
+        # Bounded only: callbacks of drivers waiting for room (see
+        # _notify_when_room); None until the first one.
+        self._watchers: list[Callable[[], object]] | None = None
 
     # -- the public surface shared by all flavours ---------------------------------
 
@@ -255,10 +259,13 @@ class Channel(Generic[T]):
             self._rwake = self._swake = True
             receivers, self._receivers = self._receivers, deque()
             senders, self._senders = self._senders, deque()
+            watchers, self._watchers = self._watchers, None
         for handle, index in receivers:
             _wake(handle, index, _RETRY)
         for handle, index, _ in senders:
             _wake(handle, index, _CLOSED)
+        for callback in watchers or ():
+            callback()  # the driver finds the channel closed and stops
 
     def __iter__(self) -> Iterator[T]:
         """Receive until the channel is closed and drained."""
@@ -374,6 +381,46 @@ class Channel(Generic[T]):
 
     def _sel_abandon(self, mark: Any) -> None:
         """A coroutine woken with ``mark`` was cancelled: give the wakeup back."""
+
+    # -- the I/O thread's side of a port's inbox (drivers/base.py) -------------------
+
+    def _notify_when_room(self, callback: Callable[[], object]) -> bool:
+        """Call ``callback()`` once receivers have drained the channel to its low-water
+        mark (half the capacity). Returns False, registering nothing, if there is
+        room already. The callback runs in a receiving thread, under the lock: it
+        must only hand off (e.g. submit to the loop). Never blocks."""
+        return False
+
+    def _put_overflow(self, value: Any) -> None:
+        """Append ``value`` even past the capacity (a port's final ``Closed`` at
+        shutdown must not be lost to a full inbox). Raises ChannelClosed."""
+        with self._lock:
+            if self._closed:
+                raise ChannelClosed(self, value)
+            room = self._room
+            if room:
+                room.pop()  # keep the slot count exact when there is a free slot
+            self._buf.append(value)
+            self._feed()
+
+    def _take_matching(self, predicate: Callable[[Any], bool]) -> list[Any]:
+        """Remove and return the buffered messages for which ``predicate`` is true,
+        in order, keeping the others in order (``Port.transfer``)."""
+        with self._lock:
+            buf = self._buf
+            taken: list[Any] = []
+            kept: list[Any] = []
+            while True:
+                try:
+                    item = buf.popleft()  # fast-path receivers may take some meanwhile
+                except IndexError:
+                    break
+                (taken if predicate(item) else kept).append(item)
+            buf.extendleft(reversed(kept))
+            if isinstance(self, _Bounded) and taken:
+                self._room.extend([None] * len(taken))
+                self._admit_locked()
+            return taken
 
     # -- lock-held helpers ------------------------------------------------------------
 
@@ -621,11 +668,26 @@ class _Bounded(Channel[T]):
                     break
             else:
                 room.append(None)  # every parked entry was stale
-        self._swake = self._closed or bool(senders)
+        watchers = self._watchers
+        if watchers and len(self._buf) <= (self._capacity or 0) // 2:
+            self._watchers = None
+            for callback in watchers:
+                callback()
+        self._swake = self._closed or bool(senders) or bool(self._watchers)
 
     def _on_sender_parked(self) -> None:
         # A slot may have been freed between the caller's check and parking.
         self._admit_locked()
+
+    def _notify_when_room(self, callback: Callable[[], object]) -> bool:
+        with self._lock:
+            if self._closed or len(self._buf) <= (self._capacity or 0) // 2:
+                return False
+            if self._watchers is None:
+                self._watchers = []
+            self._watchers.append(callback)
+            self._swake = True  # receivers now look at _admit after each take
+            return True
 
     def _send_ready(self) -> bool:
         return bool(self._room) or self._closed

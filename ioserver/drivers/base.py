@@ -1,0 +1,411 @@
+"""The loop-thread side of every port: delivery, active modes, flow control, Closed once.
+
+Every method here runs on the I/O thread only. A driver for one kind of I/O
+(tcp, udp, process, ...) subclasses :class:`Driver` and implements a few hooks
+(``_write``, ``_pause_reading``, ``_resume_reading``, ``_close_transport``,
+``_abort``, ``_write_eof``); the bookkeeping lives here once (as CPython's
+``_BaseSelectorImpl`` owns ``_fd_to_key`` for its thin variants).
+
+Delivery. Messages wait in ``_pending`` until the port is active and its
+inbox has room. ``inbox.try_send`` never blocks; when the inbox is full the
+driver stops reading its transport and asks the inbox to call back when the
+receiver has drained it to its low-water mark (``_notify_when_room``); the
+callback only submits ``_on_room`` to the loop. So memory per port is bounded
+by the inbox capacity plus one read, and a slow consumer slows the peer
+through TCP itself.
+
+Active modes (Erlang's ``inet:setopts``; lesson 3): ``True`` delivers
+everything (still bounded by the inbox), ``False`` nothing until ``read_one``,
+``"once"`` one message, an int N is *added* to a counter that each delivered
+data message decrements; reaching 0 sends ``Passive`` and stops reading.
+
+Closed. ``Closed`` is queued exactly once, after everything else, and is the
+last message the port ever delivers. When the peer ends the port, Closed
+waits its turn like data (so a passive port learns of it on its next read);
+when our side ends it (``close()``, server stop) undelivered input is
+dropped and Closed goes out at once. After it, a port's own inbox is closed, so
+``for msg in port`` ends.
+
+Faults (lesson 9): an exception in a driver callback becomes ``Error`` then
+``Closed`` for that port only (``fail``); the loop goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from ..channel import Channel, ChannelClosed, Full
+from ..framing import (
+    DEFAULT_MAX_FRAME_BYTES,
+    FrameError,
+    PacketMode,
+    make_decoder,
+    make_encoder,
+)
+from ..messages import Closed, Data, Error, Message, Passive
+from ..wakeup import ServerStopped
+
+if TYPE_CHECKING:
+    from ..port import Port
+
+__all__ = ["Driver"]
+
+log = logging.getLogger("ioserver")
+
+_INF = float("inf")
+# Messages that don't count against an active=N budget.
+_CONTROL = (Closed, Error, Passive)
+
+
+def _active_budget(active: bool | int | str) -> float:
+    if active is True:
+        return _INF
+    if active is False:
+        return 0
+    if active == "once":
+        return 1
+    return int(active)
+
+
+class Driver:
+    """Base of the loop-thread half of a port."""
+
+    kind = "port"
+
+    def __init__(
+        self,
+        server: Any,
+        port: Port,
+        *,
+        packet: str | int | None = None,
+        active: bool | int | str = True,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        self.server = server
+        self.port = port
+        self.inbox: Channel[Any] = port._inbox
+        self.packet = packet
+        mode: PacketMode = packet  # type: ignore[assignment]  # validated by PortOptions
+        self._raw = packet is None or packet == "raw"
+        self.decoder = make_decoder(mode, max_frame_bytes=max_frame_bytes)
+        self.encoder = make_encoder(mode, max_frame_bytes=max_frame_bytes)
+        # The remaining active budget: inf (True), 0 (passive) or a count.
+        self._active: float = _active_budget(active)
+        # Whether reaching 0 sends Passive (only the integer mode does).
+        self._counted = isinstance(active, int) and not isinstance(active, bool)
+        self._pending: deque[Message] = deque()
+        self._closed_queued = False  # Closed is in _pending (or delivered)
+        self._finished = False  # Closed was delivered: nothing more, ever
+        self._waiting_room = False  # a room callback is registered on the inbox
+        self._reading = True  # our view of the transport's reading state
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.messages_in = 0
+        port._driver = self
+        server._register(self)
+
+    # -- hooks for subclasses ------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError(f"{self.kind} ports cannot be written to")
+
+    def _pause_reading(self) -> None:
+        """Stop reading from the transport (default: nothing to pause)."""
+
+    def _resume_reading(self) -> None:
+        """Resume reading from the transport."""
+
+    def _close_transport(self) -> None:
+        """Begin an orderly close (flush writes); must lead to ``finish()``."""
+        self.finish()
+
+    def _abort(self) -> None:
+        """Close the transport at once, dropping unsent data."""
+
+    def _write_eof(self) -> None:
+        raise NotImplementedError(f"{self.kind} ports have no write side to close")
+
+    def begin_stop(self) -> None:
+        """Server shutdown begins: stop taking new work (a listener stops accepting)."""
+
+    def flushing(self) -> bool:
+        """Whether written data is still on its way out (the stop waits for it)."""
+        return False
+
+    def info(self) -> dict[str, Any]:
+        """Per-port observability (lesson 12)."""
+        return {
+            "active": self._active if self._active != _INF else True,
+            "pending_messages": len(self._pending),
+            "reading": self._reading,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "messages_in": self.messages_in,
+        }
+
+    # -- input: called by the subclass's transport callbacks ---------------------
+
+    def feed(self, data: bytes) -> None:
+        """Bytes arrived: frame them and deliver each frame as ``Data``."""
+        if self._finished:
+            return
+        self.bytes_in += len(data)
+        if self._raw:
+            self.deliver(Data(self.port, data))
+            return
+        try:
+            frames = self.decoder.feed(data)
+        except FrameError as exc:
+            self._fail_framing(exc)
+            return
+        port = self.port
+        for frame in frames:
+            self.deliver(Data(port, frame))
+
+    def _fail_framing(self, exc: FrameError) -> None:
+        """Deliver the frames decoded before the bad one, then Error + Closed (lesson 4)."""
+        port = self.port
+        for frame in exc.frames:
+            self.deliver(Data(port, frame))
+        self.fail(exc)
+
+    def feed_eof(self) -> None:
+        """The peer ended its output: deliver any final frame, then Closed."""
+        if self._finished:
+            return
+        try:
+            frames = self.decoder.eof()
+        except FrameError as exc:
+            self._fail_framing(exc)
+            return
+        port = self.port
+        for frame in frames:
+            self.deliver(Data(port, frame))
+
+    def deliver(self, message: Message) -> None:
+        """Queue ``message`` for the inbox and deliver what the mode and room allow."""
+        if self._closed_queued:
+            return  # nothing may follow Closed
+        self.messages_in += 1
+        pending = self._pending
+        if not pending and self._active > 0 and not self._waiting_room:
+            try:
+                self.inbox.try_send(message)
+            except Full:
+                pending.append(message)
+                self._wait_for_room()
+                return
+            except ChannelClosed:
+                self._inbox_gone()
+                return
+            if not isinstance(message, _CONTROL):
+                self._spend()
+            return
+        pending.append(message)
+        self._flush()
+
+    def _spend(self) -> None:
+        """One data message went out: count it against the active budget."""
+        self._active -= 1
+        if self._active <= 0:
+            self._active = 0
+            self._set_reading(False)
+            if self._counted:
+                self._pending.appendleft(Passive(self.port))
+                self._flush(force_head=True)
+
+    def _flush(self, force_head: bool = False) -> None:
+        """Deliver pending messages while active and the inbox has room."""
+        pending = self._pending
+        inbox = self.inbox
+        while pending:
+            message = pending[0]
+            control = isinstance(message, _CONTROL)
+            if not (force_head or self._active > 0 or isinstance(message, Passive)):
+                break
+            force_head = False
+            try:
+                inbox.try_send(message)
+            except Full:
+                self._wait_for_room()
+                return
+            except ChannelClosed:
+                self._inbox_gone()
+                return
+            pending.popleft()
+            if isinstance(message, Closed):
+                self._after_closed()
+                return
+            if not control:
+                self._spend()
+        self._set_reading(self._active > 0 and not pending)
+
+    def _wait_for_room(self) -> None:
+        self._set_reading(False)
+        if self._waiting_room:
+            return
+        self._waiting_room = True
+        if not self.inbox._notify_when_room(self._room_callback):
+            self._waiting_room = False
+            self.server._wakeup.submit(self._on_room)
+
+    def _room_callback(self) -> None:
+        """Runs in the receiving thread (under the inbox's lock): just hop to the loop."""
+        try:
+            self.server._wakeup.submit(self._on_room)
+        except ServerStopped:
+            pass
+
+    def _on_room(self) -> None:
+        self._waiting_room = False
+        if not self._finished:
+            self._flush()
+
+    def _set_reading(self, reading: bool) -> None:
+        if reading == self._reading or self._finished:
+            return
+        self._reading = reading
+        if reading:
+            self._resume_reading()
+        else:
+            self._pause_reading()
+
+    def _inbox_gone(self) -> None:
+        """Someone closed the inbox we deliver into: nobody listens; close the port."""
+        self._pending.clear()
+        self._closed_queued = True
+        self._abort()
+        self._after_closed()
+
+    # -- ending ----------------------------------------------------------------------
+
+    def fail(self, exc: BaseException) -> None:
+        """The port failed: ``Error(exc)`` then ``Closed``; the transport is aborted."""
+        if self._closed_queued:
+            return
+        log.debug("ioserver: %r failed: %r", self.port, exc)
+        self.deliver(Error(self.port, exc))
+        self._queue_closed("error", force=False)
+        self._abort()
+
+    def finish(self, reason: str | None = None) -> None:
+        """The transport is gone: queue ``Closed`` after everything pending."""
+        self._queue_closed(reason, force=False)
+
+    def _queue_closed(self, reason: str | None, *, force: bool) -> None:
+        if self._closed_queued:
+            return
+        self._closed_queued = True
+        self.port._on_closed()
+        if force:
+            # Our side ended the port: drop undelivered input, deliver Closed now.
+            self._pending.clear()
+            self._pending.append(Closed(self.port, reason))
+            self._flush(force_head=True)
+            if not self._finished:
+                self._force_closed()
+        else:
+            self._pending.append(Closed(self.port, reason))
+            self._flush()
+
+    def _force_closed(self) -> None:
+        """The inbox is full but Closed must arrive: put it in past the capacity."""
+        pending = self._pending
+        while pending:
+            message = pending.popleft()
+            if isinstance(message, Closed):
+                try:
+                    self.inbox._put_overflow(message)
+                except ChannelClosed:
+                    pass
+                break
+        self._after_closed()
+
+    def _after_closed(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self._pending.clear()
+        if self.port._own_inbox:
+            self.inbox.close()
+        self.server._unregister(self)
+
+    # -- commands from the Port (loop thread) -------------------------------------
+
+    def write(self, data: Any) -> None:
+        """Encode and write ``data``; a failure becomes Error + Closed."""
+        if self._closed_queued:
+            return
+        try:
+            payload = self.encoder.encode(data)
+            self.bytes_out += len(payload)
+            self._write(payload)
+        except Exception as exc:
+            self.fail(exc)
+
+    def close(self, reason: str | None = None) -> None:
+        """Our side closes: flush writes, close the transport, deliver Closed now."""
+        if self._closed_queued:
+            return
+        try:
+            self._close_transport()
+        except Exception:
+            log.exception("ioserver: closing %r failed", self.port)
+            self._abort()
+        self._queue_closed(reason, force=True)
+
+    def stop(self, reason: str = "server stopped") -> None:
+        """Server shutdown: abort the transport, deliver Closed."""
+        if self._finished:
+            return
+        try:
+            self._abort()
+        except Exception:
+            log.exception("ioserver: aborting %r failed", self.port)
+        self._queue_closed(reason, force=True)
+
+    def setopts(self, active: bool | int | str) -> None:
+        """Change the active mode (Erlang semantics: an int is added to the count)."""
+        if isinstance(active, int) and not isinstance(active, bool):
+            base = self._active if self._counted and self._active != _INF else 0
+            self._active = max(0, base + active)
+            self._counted = True
+            if self._active == 0:
+                self._set_reading(False)
+                self._pending.appendleft(Passive(self.port))
+                self._flush(force_head=True)
+                return
+        else:
+            self._active = _active_budget(active)
+            self._counted = False
+        self._flush()
+
+    def read_one(self) -> None:
+        """Passive mode: allow exactly one more message."""
+        if self._active == _INF:
+            return
+        self._active += 1
+        self._flush()
+
+    def write_eof(self) -> None:
+        try:
+            self._write_eof()
+        except Exception as exc:
+            self.fail(exc)
+
+    def transfer(self, inbox: Channel[Any]) -> None:
+        """Switch to ``inbox``, forwarding this port's messages still queued in the old one."""
+        old = self.inbox
+        if inbox is old:
+            return
+        moved = old._take_matching(lambda m: getattr(m, "port", None) is self.port)
+        self._pending.extendleft(reversed(moved))
+        if self.port._own_inbox:
+            old.close()
+        self.inbox = inbox
+        self.port._inbox = inbox
+        self.port._own_inbox = False
+        self._waiting_room = False
+        self._flush()

@@ -1,0 +1,381 @@
+"""Port: the handle client code holds on an I/O resource (a socket, a process, a timer...).
+
+Its receive side *is* its inbox channel: ``recv``, ``try_recv``, ``arecv``,
+iteration and ``select`` work on a port exactly as on a Channel, with no
+special case anywhere. Its send side is a write command submitted to the loop
+thread (``wakeup.submit``); sends are fire-and-forget, so many writes cost one
+wakeup.
+
+Write backpressure (lesson 6, Erlang's busy port): a port is *busy* while the
+bytes submitted but not yet handed to the transport, plus the transport's own
+buffer, exceed ``high_water``. ``send`` blocks while the port is busy (or
+raises TimeoutError given a timeout; ``nowait=True`` returns False instead,
+Erlang's ``nosuspend``), and resumes when the loop has drained it below
+``low_water`` (half of high by default: ZeroMQ's ``(hwm+1)/2``, which avoids
+lock-step wakeups).
+
+Who writes what, without a lock shared with the loop thread:
+  * ``_submitted`` (bytes): clients only, under ``_send_lock`` (clients only);
+  * ``_processed`` (bytes handed to the transport) and ``_transport_busy``:
+    the loop thread only;
+  * ``_writers``: parked writers' handles; a writer appends itself, then
+    re-checks ``busy`` (and aborts its own handle if no longer busy); the loop
+    updates ``_processed`` then wakes every parked writer. Either the writer's
+    re-check sees the progress or the loop sees the writer ([1] deque
+    operations and attribute reads/writes are atomic).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import warnings
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .channel import Channel
+from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle
+from .wakeup import ServerStopped
+
+if TYPE_CHECKING:
+    from .messages import Message
+
+__all__ = ["DEFAULT_HIGH_WATER", "DEFAULT_INBOX_CAPACITY", "Port", "PortClosed"]
+
+#: Messages a port's own inbox holds before the port stops reading (and the
+#: peer feels TCP backpressure). Reading resumes below half of it.
+DEFAULT_INBOX_CAPACITY = 64
+#: Unsent bytes above which ``send`` blocks (Erlang's busy limit is 8 KiB;
+#: larger batches make more of each wakeup on a 2-core machine).
+DEFAULT_HIGH_WATER = 64 * 1024
+
+_ids = itertools.count(1)
+
+
+class PortClosed(ConnectionError):
+    """Raised by ``send`` on a port that was closed (by us, the peer, or the server)."""
+
+
+class Port:
+    """An I/O resource whose events arrive as messages on its inbox channel.
+
+    Receive with ``recv``/``arecv``/``for msg in port``/``select``; write with
+    ``send``; end with ``close()``, which leads to exactly one ``Closed``
+    message, the last one.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_closed",
+        "_driver",
+        "_inbox",
+        "_io",
+        "_own_inbox",
+        "_processed",
+        "_send_lock",
+        "_submitted",
+        "_transport_busy",
+        "_wakeup",
+        "_writers",
+        "high_water",
+        "id",
+        "info_extra",
+        "kind",
+        "low_water",
+    )
+
+    def __init__(
+        self,
+        io: Any,
+        kind: str,
+        inbox: Channel[Any] | None = None,
+        *,
+        high_water: int = DEFAULT_HIGH_WATER,
+        low_water: int | None = None,
+    ) -> None:
+        if inbox is not None and inbox.capacity == 0:
+            raise ValueError("a port's inbox cannot be a rendezvous channel (capacity=0)")
+        self._io = io
+        self._wakeup = io._wakeup
+        self.kind = kind
+        #: A number unique within this process, for logs and ``info()``.
+        self.id = next(_ids)
+        self._own_inbox = inbox is None
+        self._inbox: Channel[Any] = Channel(DEFAULT_INBOX_CAPACITY) if inbox is None else inbox
+        self._driver: Any = None  # set on the loop thread when the resource opens
+        self._closed = False  # set by close() (client side) or when Closed is delivered
+        self.high_water = high_water
+        self.low_water = high_water // 2 if low_water is None else low_water
+        self._send_lock = threading.Lock()
+        self._submitted = 0
+        self._processed = 0
+        self._transport_busy = False
+        self._writers: deque[WakeupHandle] = deque()
+        #: Extra fields for ``info()`` (address, pid, ...), set by the driver.
+        self.info_extra: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"<Port {self.id} {self.kind}{' closed' if self._closed else ''}>"
+
+    def __del__(self) -> None:
+        if not self._closed and self._driver is not None:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+
+    # -- receive side: the inbox -----------------------------------------------------
+
+    @property
+    def address(self) -> Any:
+        """The local address (host, port) or path, once open (None for other kinds)."""
+        return self.info_extra.get("address")
+
+    @property
+    def peer(self) -> Any:
+        """The remote address of a connection (None for other kinds)."""
+        return self.info_extra.get("peer")
+
+    @property
+    def inbox(self) -> Channel[Any]:
+        """The channel this port delivers into (its own, or the shared one given)."""
+        return self._inbox
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """Receive the next message from the inbox (see ``Channel.recv``)."""
+        return self._inbox.recv(timeout)  # type: ignore[no-any-return]
+
+    def try_recv(self) -> Message:
+        """Receive without blocking (see ``Channel.try_recv``)."""
+        return self._inbox.try_recv()  # type: ignore[no-any-return]
+
+    async def arecv(self, timeout: float | None = None) -> Message:
+        """Receive from a coroutine (see ``Channel.arecv``)."""
+        return await self._inbox.arecv(timeout)  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Message]:
+        """Messages until the inbox is closed; a port's own inbox closes after ``Closed``."""
+        return iter(self._inbox)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._inbox.__aiter__()
+
+    def __len__(self) -> int:
+        return len(self._inbox)
+
+    # The select protocol (select.py): a port is its inbox.
+    def _sel_try_recv(self) -> Any:
+        return self._inbox._sel_try_recv()
+
+    def _sel_register_recv(self, handle: WakeupHandle, index: int) -> bool:
+        return self._inbox._sel_register_recv(handle, index)
+
+    def _sel_unregister(self, handle: WakeupHandle) -> None:
+        self._inbox._sel_unregister(handle)
+
+    def _sel_unrecv(self, value: Any) -> None:
+        self._inbox._sel_unrecv(value)
+
+    def _sel_release_slot(self) -> None:
+        self._inbox._sel_release_slot()
+
+    # -- send side: commands to the loop ---------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether ``send`` would block now (more than ``high_water`` bytes unsent)."""
+        return self._transport_busy or self._submitted - self._processed > self.high_water
+
+    @property
+    def closed(self) -> bool:
+        """Whether the port was closed (a hint; the ``Closed`` message is the truth)."""
+        return self._closed
+
+    def send(self, data: Any, *, timeout: float | None = None, nowait: bool = False) -> bool:
+        """Write ``data`` (bytes, or a frame for the port's ``packet`` mode).
+
+        Fire-and-forget: it returns once the write is queued for the loop;
+        failures arrive later as ``Error`` then ``Closed``. While the port is
+        busy it blocks (TimeoutError after ``timeout``; nothing was sent), or
+        with ``nowait=True`` returns False at once. Returns True when queued.
+        Raises PortClosed on a closed port and ServerStopped after the server
+        stopped.
+        """
+        if self._closed:
+            raise PortClosed(f"{self!r} is closed")
+        if self._transport_busy or self._submitted - self._processed > self.high_water:
+            if nowait:
+                return False
+            self._wait_not_busy(timeout)
+        n = len(data)
+        with self._send_lock:
+            self._submitted += n
+            self._wakeup.submit(self._write_on_loop, data, n)
+        return True
+
+    async def asend(self, data: Any, *, timeout: float | None = None) -> bool:
+        """``send`` for coroutines: waits (without blocking the loop) while busy."""
+        if self._closed:
+            raise PortClosed(f"{self!r} is closed")
+        if self.busy:
+            await self._await_not_busy(timeout)
+        n = len(data)
+        with self._send_lock:
+            self._submitted += n
+            self._wakeup.submit(self._write_on_loop, data, n)
+        return True
+
+    def _wait_not_busy(self, timeout: float | None) -> None:
+        from time import monotonic
+
+        deadline = None if timeout is None else monotonic() + timeout
+        while self.busy:
+            if self._closed:
+                raise PortClosed(f"{self!r} is closed")
+            handle = ThreadWakeup()
+            self._writers.append(handle)
+            if not self.busy or self._closed:  # re-check after registering ([1])
+                handle.claim()
+                continue
+            left = None if deadline is None else deadline - monotonic()
+            if (left is not None and left <= 0) or not handle.park(left):
+                raise TimeoutError(f"{self!r} stayed busy past the timeout")
+
+    async def _await_not_busy(self, timeout: float | None) -> None:
+        from time import monotonic
+
+        deadline = None if timeout is None else monotonic() + timeout
+        while self.busy:
+            if self._closed:
+                raise PortClosed(f"{self!r} is closed")
+            handle = AsyncWakeup()
+            self._writers.append(handle)
+            if not self.busy or self._closed:
+                handle.claim()
+                continue
+            left = None if deadline is None else deadline - monotonic()
+            if (left is not None and left <= 0) or not await handle.park(left):
+                raise TimeoutError(f"{self!r} stayed busy past the timeout")
+
+    def _write_on_loop(self, data: Any, n: int) -> None:
+        """Loop thread: hand a write to the driver, then update the accounting."""
+        driver = self._driver
+        if driver is not None:
+            driver.write(data)
+        self._processed += n
+        if self._writers:
+            self._wake_writers()
+
+    def _wake_writers(self) -> None:
+        """Loop thread: wake parked writers if the port is no longer busy."""
+        if self._transport_busy or self._submitted - self._processed > self.low_water:
+            return
+        writers = self._writers
+        while writers:
+            writers.popleft().wake()
+
+    def _set_transport_busy(self, busy: bool) -> None:
+        """Loop thread: the transport paused or resumed writing."""
+        self._transport_busy = busy
+        if not busy and self._writers:
+            self._wake_writers()
+
+    def _on_closed(self) -> None:
+        """Loop thread: the port is closed; no writer may stay parked."""
+        self._closed = True
+        writers = self._writers
+        while writers:
+            writers.popleft().wake()
+
+    # -- control -----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the port. Idempotent, never blocks; ``Closed`` is delivered after
+        everything already queued (pending writes are flushed first)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._wakeup.submit(self._close_on_loop)
+        except ServerStopped:
+            pass  # the server closed every port when it stopped
+
+    def _close_on_loop(self) -> None:
+        driver = self._driver
+        if driver is not None:
+            driver.close()
+
+    def setopts(self, *, active: bool | int | str | None = None) -> None:
+        """Change options on the loop (``active``: True, False, "once" or N, Erlang's
+        semantics: an int N is *added* to the counter; at 0 a ``Passive`` arrives)."""
+        if active is not None:
+            _check_active(active)
+            self._command("setopts", active)
+
+    def read(self, timeout: float | None = None) -> Message:
+        """In passive mode: ask for one more message, then receive it from the inbox."""
+        self._command("read_one")
+        return self.recv(timeout)
+
+    async def aread(self, timeout: float | None = None) -> Message:
+        """``read`` for coroutines."""
+        self._command("read_one")
+        return await self.arecv(timeout)
+
+    def close_stdin(self) -> None:
+        """Half-close the write side (a process's stdin; a socket's write side)."""
+        self._command("write_eof")
+
+    write_eof = close_stdin
+
+    def transfer(self, inbox: Channel[Any]) -> None:
+        """Deliver from now on into ``inbox``, moving this port's messages already
+        queued in the old inbox over first, in order (Erlang's
+        ``controlling_process``, done atomically on the loop thread)."""
+        if inbox.capacity == 0:
+            raise ValueError("a port's inbox cannot be a rendezvous channel (capacity=0)")
+        self._io.call(self._transfer_on_loop, inbox)
+
+    def _transfer_on_loop(self, inbox: Channel[Any]) -> None:
+        driver = self._driver
+        if driver is None:
+            raise PortClosed(f"{self!r} is closed")
+        driver.transfer(inbox)
+
+    def info(self) -> dict[str, Any]:
+        """Observability: kind, owner inbox, active mode, queued bytes, busy..."""
+        return self._io.call(self._info_on_loop)  # type: ignore[no-any-return]
+
+    def _info_on_loop(self) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "id": self.id,
+            "kind": self.kind,
+            "closed": self._closed,
+            "busy": self.busy,
+            "unsent_bytes": self._submitted - self._processed,
+            "inbox": self._inbox.statistics(),
+            "own_inbox": self._own_inbox,
+        }
+        base.update(self.info_extra)
+        if self._driver is not None:
+            base.update(self._driver.info())
+        return base
+
+    def _command(self, name: str, *args: Any) -> None:
+        if self._closed and name != "read_one":
+            raise PortClosed(f"{self!r} is closed")
+        self._wakeup.submit(self._command_on_loop, name, args)
+
+    def _command_on_loop(self, name: str, args: tuple[Any, ...]) -> None:
+        driver = self._driver
+        if driver is not None:
+            method: Callable[..., object] = getattr(driver, name)
+            method(*args)
+
+
+def _check_active(active: bool | int | str) -> None:
+    if active is True or active is False or active == "once":
+        return
+    if isinstance(active, int) and not isinstance(active, bool) and -32768 <= active <= 32767:
+        return
+    raise ValueError(
+        f"active must be True, False, 'once' or an int in -32768..32767, not {active!r}"
+    )

@@ -1,0 +1,467 @@
+"""IOServer: a dedicated thread running a uvloop event loop that does all the I/O.
+
+Theory of operation
+-------------------
+``start()`` runs a daemon thread that creates the loop (uvloop; plain
+asyncio's selector loop where uvloop is missing or ``loop="asyncio"``), attaches
+the request queue (wakeup.py) and runs forever. Client code never touches the
+loop: it opens ports with the methods below, each of which submits a request
+and, for the blocking ones (``connect_*``, ``listen_*``, ``spawn``...),
+parks on a WakeupHandle until the loop has the answer.
+
+States: NEW -> RUNNING -> STOPPING -> STOPPED (or DEAD after a crash).
+
+Stop (lesson 7, deterministic): ``stop(timeout)`` submits the stop request, so
+it runs after every request submitted before it (FIFO): writes queued before
+``stop()`` reach their transports. The loop then closes listeners, gives
+transports up to ``timeout`` to flush, aborts what is left, delivers
+``Closed("server stopped")`` to every port (own inboxes are then closed, so
+blocked receivers wake), rejects every request that raced with the stop
+(their callers get ServerStopped), and ends the thread.
+
+Crash: if the loop thread dies from a bug, the thread's last act is the same
+clean-up without the flush: every port's inbox gets Closed and is closed, every
+queued request is rejected; ``failure`` holds the exception, which is also
+logged. Nobody stays blocked.
+
+Embedded mode installs no signal handlers (lesson 11). A blocking call made on
+the I/O thread raises at once instead of deadlocking (lesson 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Coroutine
+from time import monotonic
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .sched import AsyncWakeup, ThreadWakeup
+from .wakeup import DEFAULT_MAX_BATCH, DEFAULT_QUANTUM, ServerStopped, Wakeup
+
+if TYPE_CHECKING:
+    from .drivers.base import Driver
+    from .port import Port
+
+__all__ = ["IOServer", "ServerStopped", "default"]
+
+log = logging.getLogger("ioserver")
+
+R = TypeVar("R")
+
+NEW, RUNNING, STOPPING, STOPPED, DEAD = "new", "running", "stopping", "stopped", "dead"
+
+
+def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind not in ("auto", "uvloop", "asyncio"):
+        raise ValueError(f"loop must be 'auto', 'uvloop' or 'asyncio', not {kind!r}")
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop()
+    # The selector loop, not Proactor: ports need add_reader (lesson 11).
+    return asyncio.SelectorEventLoop()
+
+
+class IOServer:
+    """A background I/O thread; every I/O resource it runs is a Port.
+
+    Use as a context manager (``with IOServer() as io: ...``) or call
+    ``start()``/``stop()``. Every method is safe from any thread; the blocking
+    ones raise RuntimeError when called from the I/O thread itself.
+    """
+
+    def __init__(
+        self,
+        *,
+        loop: str = "auto",
+        name: str = "ioserver",
+        max_batch: int = DEFAULT_MAX_BATCH,
+        quantum: float = DEFAULT_QUANTUM,
+    ) -> None:
+        self._loop_kind = loop
+        self._name = name
+        self._wakeup = Wakeup(max_batch=max_batch, quantum=quantum)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ident: int | None = None
+        self._state = NEW
+        self._state_lock = threading.Lock()
+        self._started = threading.Event()
+        self._stopped = threading.Event()
+        # Loop thread only: every live driver, for stats and shutdown.
+        self._drivers: set[Driver] = set()
+        self._ports_opened = 0
+        self._stop_deadline = 0.0
+        #: The exception that killed the loop thread, if one did.
+        self.failure: BaseException | None = None
+        self.loop_type = ""
+
+    def __repr__(self) -> str:
+        return f"<IOServer {self._name} {self._state}>"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> IOServer:
+        """Start the I/O thread (idempotent) and return self once the loop runs."""
+        with self._state_lock:
+            if self._state != NEW:
+                if self._state in (STOPPED, DEAD):
+                    raise ServerStopped(f"{self!r} cannot be restarted; make a new IOServer")
+                return self
+            self._state = RUNNING
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        self._started.wait()
+        if self.failure is not None:
+            raise RuntimeError(f"{self!r} failed to start") from self.failure
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop: flush pending writes for up to ``timeout`` s, close every port, end
+        the thread. Idempotent. Returns when the thread has ended (or after
+        ``timeout`` + 5 s if the loop is wedged, with a warning)."""
+        with self._state_lock:
+            state = self._state
+            if state == NEW:
+                self._state = STOPPED
+                self._wakeup.close()
+                return
+            if state == RUNNING:
+                self._state = STOPPING
+        if state == RUNNING:
+            with contextlib.suppress(ServerStopped):
+                self._wakeup.submit(self._begin_stop, timeout)
+        if threading.get_ident() == self._ident:
+            return  # called on the I/O thread: the stop proceeds after this callback
+        if not self._stopped.wait(timeout + 5.0):
+            warnings.warn(f"{self!r} did not stop within {timeout + 5.0} s", stacklevel=2)
+
+    def __enter__(self) -> IOServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __del__(self) -> None:
+        if self._state in (RUNNING, STOPPING):
+            warnings.warn(f"unstopped {self!r}", ResourceWarning, stacklevel=1, source=self)
+
+    @property
+    def running(self) -> bool:
+        """Whether the server accepts requests."""
+        return self._state == RUNNING
+
+    def _run(self) -> None:
+        """The I/O thread."""
+        self._ident = threading.get_ident()
+        try:
+            loop = _new_loop(self._loop_kind)
+        except BaseException as exc:
+            self.failure = exc
+            self._state = DEAD
+            self._started.set()
+            self._stopped.set()
+            return
+        self._loop = loop
+        self.loop_type = f"{type(loop).__module__}.{type(loop).__qualname__}"
+        asyncio.set_event_loop(loop)
+        try:
+            self._wakeup.attach(loop)
+            self._started.set()
+            loop.run_forever()
+            self._state = STOPPED
+        except BaseException as exc:
+            self.failure = exc
+            self._state = DEAD
+            log.critical("ioserver: the I/O thread died; every port is closed", exc_info=exc)
+            self._crash_cleanup(exc)
+        finally:
+            self._started.set()
+            with contextlib.suppress(Exception):
+                _cancel_all_tasks(loop)
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            asyncio.set_event_loop(None)
+            self._stopped.set()
+
+    def _begin_stop(self, timeout: float) -> None:
+        """Loop thread: the stop request, run after everything submitted before it."""
+        self._stop_deadline = monotonic() + timeout
+        for driver in list(self._drivers):
+            driver.begin_stop()  # listeners stop accepting; writers flush
+        self._loop.call_soon(self._finish_stop)  # type: ignore[union-attr]
+
+    def _finish_stop(self) -> None:
+        """Loop thread: once writes are flushed (or the deadline passed), close all."""
+        if monotonic() < self._stop_deadline and any(driver.flushing() for driver in self._drivers):
+            self._loop.call_later(0.005, self._finish_stop)  # type: ignore[union-attr]
+            return
+        for driver in list(self._drivers):
+            driver.stop("server stopped")
+        self._wakeup.close(ServerStopped("the I/O server stopped before running this request"))
+        self._loop.stop()  # type: ignore[union-attr]
+
+    def _crash_cleanup(self, exc: BaseException) -> None:
+        reason = ServerStopped(f"the I/O thread died: {exc!r}")
+        for driver in list(self._drivers):
+            try:
+                driver.stop("server died")
+            except Exception:
+                log.exception("ioserver: closing %r after the crash failed", driver.port)
+                with contextlib.suppress(Exception):
+                    driver.port._on_closed()
+                    if driver.port._own_inbox:
+                        driver.inbox.close()
+        self._drivers.clear()
+        self._wakeup.close(reason)
+
+    # -- calls into the loop -------------------------------------------------------------
+
+    def _check_not_loop_thread(self, what: str) -> None:
+        if threading.get_ident() == self._ident:
+            raise RuntimeError(
+                f"{what} blocks until the I/O thread answers, so it cannot be called on the "
+                "I/O thread itself; use call_soon() or do the work directly"
+            )
+
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on the I/O thread soon (fire and forget; FIFO).
+
+        Exceptions from ``fn`` are logged. Raises ServerStopped once stopped.
+        """
+        self._wakeup.submit(fn, *args)
+
+    def call(self, fn: Callable[..., R], *args: Any, timeout: float | None = None) -> R:
+        """Run ``fn(*args)`` on the I/O thread and return its result (or raise its
+        exception). Raises RuntimeError at once if called from the I/O thread,
+        ServerStopped if the server stops first, TimeoutError after ``timeout``
+        (``fn`` may still run)."""
+        self._check_not_loop_thread("IOServer.call()")
+        handle = ThreadWakeup()
+        self._wakeup.submit(_run_call, fn, args, handle, reject=handle_rejector(handle))
+        if not handle.park(timeout):
+            raise TimeoutError(f"{fn!r} did not finish on the I/O thread in {timeout} s")
+        ok, value = handle.payload
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    async def acall(self, fn: Callable[..., R], *args: Any) -> R:
+        """``call`` for a coroutine on another loop: awaits without blocking it."""
+        self._check_not_loop_thread("IOServer.acall()")
+        handle = AsyncWakeup()
+        self._wakeup.submit(_run_call, fn, args, handle, reject=handle_rejector(handle))
+        await handle.park()
+        ok, value = handle.payload
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    def _run_coroutine(
+        self, make: Callable[..., Coroutine[Any, Any, R]], *args: Any, timeout: float | None = None
+    ) -> R:
+        """Run the coroutine ``make(*args)`` on the loop and wait for its result."""
+        self._check_not_loop_thread("this call")
+        handle = ThreadWakeup()
+        self._wakeup.submit(_start_coroutine, make, args, handle, reject=handle_rejector(handle))
+        if not handle.park(timeout):
+            raise TimeoutError(f"{make.__name__} did not finish in {timeout} s")
+        ok, value = handle.payload
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    # -- loop-thread bookkeeping --------------------------------------------------------
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop (for drivers, on the I/O thread only)."""
+        if self._loop is None:
+            raise RuntimeError(f"{self!r} is not running")
+        return self._loop
+
+    def _register(self, driver: Driver) -> None:
+        self._drivers.add(driver)
+        self._ports_opened += 1
+
+    def _unregister(self, driver: Driver) -> None:
+        self._drivers.discard(driver)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of the loop (lesson 12), from any thread.
+
+        ``requests``: requests run; ``batches``: drains; ``pipe_writes``: bytes
+        written to the self-pipe (wakeups paid for); ``empty_wakeups``: drains
+        that found nothing; ``skipped_wakeups``: timer requests that needed no
+        wakeup; ``max_batch``: the largest drain; ``longest_batch_ms``: the
+        longest drain; ``pending``: requests queued now; ``ports``: open ports
+        by kind; ``ports_opened``: ports ever opened; ``state``; ``loop``.
+        """
+        w = self._wakeup
+        kinds: dict[str, int] = {}
+        for driver in list(self._drivers):
+            kinds[driver.kind] = kinds.get(driver.kind, 0) + 1
+        return {
+            "state": self._state,
+            "loop": self.loop_type,
+            "requests": w.requests,
+            "batches": w.batches,
+            "pipe_writes": w.pipe_writes,
+            "empty_wakeups": w.empty_wakeups,
+            "skipped_wakeups": w.skipped_wakeups,
+            "max_batch": w.max_batch_seen,
+            "longest_batch_ms": round(w.longest_batch * 1000, 3),
+            "pending": w.pending(),
+            "ports": kinds,
+            "open_ports": sum(kinds.values()),
+            "ports_opened": self._ports_opened,
+        }
+
+    # -- ports -----------------------------------------------------------------------------
+
+    def connect_tcp(self, host: str, port: int, **options: Any) -> Port:
+        """Connect to ``host:port``; blocks until connected (raises the OSError on
+        failure: ConnectionRefusedError, ...). Options: ``inbox``, ``packet``,
+        ``active``, ``timeout``, ``high_water``, ``max_frame_bytes``."""
+        from .drivers import tcp
+
+        return tcp.connect(self, host, port, options)
+
+    def listen_tcp(self, host: str, port: int, **options: Any) -> Port:
+        """Listen on ``host:port`` (0: any free port; see ``.address``); delivers
+        ``Accepted(port, conn)``. Accepted ports take ``packet``, ``active``,
+        ``high_water`` and ``max_frame_bytes`` from the listen call, and deliver into
+        ``conn_inbox`` if given, else into the listener's inbox if it was shared
+        (``inbox=``), else into their own. ``backlog`` (default 128)."""
+        from .drivers import tcp
+
+        return tcp.listen(self, host, port, options)
+
+    def connect_unix(self, path: str, **options: Any) -> Port:
+        """Connect to the Unix socket at ``path`` (as ``connect_tcp``)."""
+        from .drivers import unix
+
+        return unix.connect(self, path, options)
+
+    def listen_unix(self, path: str, **options: Any) -> Port:
+        """Listen on a Unix socket at ``path`` (as ``listen_tcp``)."""
+        from .drivers import unix
+
+        return unix.listen(self, path, options)
+
+    def open_udp(self, local_addr: tuple[str, int] | None = None, **options: Any) -> Port:
+        """A UDP port bound to ``local_addr``; delivers ``Datagram(port, data, addr)``;
+        ``port.send((data, addr))`` or ``remote_addr=`` + ``port.send(data)``."""
+        from .drivers import udp
+
+        return udp.open_udp(self, local_addr, options)
+
+    def spawn(self, argv: list[str], **options: Any) -> Port:
+        """Run a program (argv list, no shell): ``send`` writes its stdin, stdout
+        arrives as ``Data``, stderr as ``Stderr`` (``stderr="merge"`` into Data, or
+        ``"discard"``), then ``Exited(returncode)`` and ``Closed``. Options: ``cwd``,
+        ``env``, ``stderr``, plus the port options. Closing the port kills the child."""
+        from .drivers import process
+
+        return process.spawn(self, argv, options)
+
+    def send_after(self, delay: float, channel: Any, message: Any) -> Any:
+        """Send ``message`` to ``channel`` (any channel or port inbox) after ``delay``
+        seconds; returns a timer with ``.cancel()``."""
+        from .drivers import timer
+
+        return timer.send_after(self, delay, channel, message)
+
+    def interval(self, period: float, **options: Any) -> Port:
+        """A port that delivers ``Tick(port, count)`` every ``period`` seconds."""
+        from .drivers import timer
+
+        return timer.interval(self, period, options)
+
+    def watch(
+        self, fileobj: Any, *, readable: bool = True, writable: bool = False, **options: Any
+    ) -> Port:
+        """Readiness interest on a caller's fd or socket: ``Readable(port, fd)`` /
+        ``Writable(port, fd)`` (see drivers/watch.py for the triggering rule)."""
+        from .drivers import watch
+
+        return watch.watch(self, fileobj, readable, writable, options)
+
+    def open_file(self, path: str, mode: str = "rb", **options: Any) -> Port:
+        """A regular file, read/written by a worker thread so the loop never waits
+        on the disk; reads arrive as ``Data`` then ``Closed`` at EOF."""
+        from .drivers import file
+
+        return file.open_file(self, path, mode, options)
+
+
+def handle_rejector(handle: Any) -> Callable[[BaseException], None]:
+    """A ``reject`` callback that wakes ``handle`` with the exception."""
+
+    def reject(exc: BaseException) -> None:
+        if handle.claim():
+            handle.payload = (False, exc)
+            handle.unpark()
+
+    return reject
+
+
+def _run_call(fn: Callable[..., Any], args: tuple[Any, ...], handle: Any) -> None:
+    """Loop thread: run a ``call`` and hand the outcome to the waiting caller."""
+    try:
+        outcome = (True, fn(*args))
+    except BaseException as exc:  # handed to the caller, who re-raises it
+        outcome = (False, exc)
+    if handle.claim():
+        handle.payload = outcome
+        handle.unpark()
+
+
+def _start_coroutine(make: Callable[..., Any], args: tuple[Any, ...], handle: Any) -> None:
+    """Loop thread: start ``make(*args)`` as a task; its outcome wakes ``handle``."""
+    task = asyncio.ensure_future(make(*args))
+
+    def done(task: asyncio.Future[Any]) -> None:
+        if task.cancelled():
+            outcome: tuple[bool, Any] = (False, ServerStopped("cancelled by the server's stop"))
+        elif task.exception() is not None:
+            outcome = (False, task.exception())
+        else:
+            outcome = (True, task.result())
+        if handle.claim():
+            handle.payload = outcome
+            handle.unpark()
+
+    task.add_done_callback(done)
+
+
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+
+_default: IOServer | None = None
+_default_lock = threading.Lock()
+
+
+def default() -> IOServer:
+    """The process-wide IOServer: started on first use, stopped at interpreter exit."""
+    global _default
+    with _default_lock:
+        if _default is None or not _default.running:
+            _default = IOServer(name="ioserver-default").start()
+            atexit.register(_default.stop)
+        return _default
