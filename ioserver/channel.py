@@ -34,8 +34,10 @@ the GIL does not make every later send take the lock.
 Handoff. A parked receiver is given its message by the party that wakes it:
 ``payload = (index, message)``. If a faster receiver took the message first,
 the payload is ``_RETRY`` and the receiver tries again; nothing is consumed
-twice or lost. A parked sender of a bounded channel is handed a free slot
-(``_SLOT``) and stores its message itself when it runs; a parked thread sender
+twice or lost. A parked thread sender of a bounded channel has its message
+stored by its waker (``_SENT``), so parked senders keep their arrival order; a
+parked coroutine sender is handed a free slot (``_SLOT``) and stores its
+message itself when it runs (a cancelled one stores nothing); a parked thread sender
 of a rendezvous channel hands its message straight to the receiver that claims
 it (``_SENT``); a parked coroutine sender of a rendezvous channel is asked to
 come and hand it over (``_WANT``), so that a coroutine cancelled at that moment
@@ -655,19 +657,29 @@ class _Bounded(Channel[T]):
         """Give free slots to parked senders, in arrival order (lock held)."""
         senders = self._senders
         room = self._room
+        stored = False
         while senders:
             try:
                 room.pop()  # reserve the slot first; IndexError when none is free
             except IndexError:
                 break
             while senders:
-                handle, index, _ = senders.popleft()
+                handle, index, value = senders.popleft()
                 if handle.claim():
-                    handle.payload = (index, _SLOT)
+                    if isinstance(handle, ThreadWakeup):
+                        # A thread cannot be cancelled: store its message now,
+                        # so parked senders' messages keep their arrival order.
+                        self._buf.append(value)
+                        handle.payload = (index, _SENT)
+                        stored = True
+                    else:
+                        handle.payload = (index, _SLOT)
                     handle.unpark()
                     break
             else:
                 room.append(None)  # every parked entry was stale
+        if stored:
+            self._feed()
         watchers = self._watchers
         if watchers and len(self._buf) <= (self._capacity or 0) // 2:
             self._watchers = None
@@ -748,8 +760,15 @@ class _Rendezvous(Channel[T]):
         return bool(self._buf) or self._closed or _head_sender(self) == "thread"
 
     def _on_receiver_parked(self) -> None:
-        if _head_sender(self) == "coroutine":
+        head = _head_sender(self)
+        if head == "coroutine":
             _ask_a_sender(self)
+        elif head == "thread":
+            # A coroutine sender ahead of a thread sender ended (in another
+            # thread) after the caller's check: the receiver that just parked
+            # goes round again and takes the thread sender's message.
+            handle, index = self._receivers[-1]
+            _wake(handle, index, _RETRY)
 
     def _send_ready(self) -> bool:
         return self._closed or any(not e[0].claimed for e in self._receivers)
@@ -802,7 +821,10 @@ def _take_from_sender(ch: Channel[Any]) -> Any:
     while senders:
         handle, index, value = senders[0]
         if isinstance(handle, AsyncWakeup):
-            return _NOTHING
+            if not handle.claimed:
+                return _NOTHING
+            senders.popleft()  # stale: its asend/aselect ended (timeout, another op)
+            continue
         senders.popleft()
         if handle.claim():
             handle.payload = (index, _SENT)

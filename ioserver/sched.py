@@ -140,15 +140,19 @@ def _resolve(fut: asyncio.Future[None]) -> None:
 class AsyncWakeup(WakeupHandle):
     """A handle for a blocked asyncio task, wakeable from any thread."""
 
-    __slots__ = ("_fut", "_loop", "_thread")
+    __slots__ = ("_fut", "_loop", "_thread", "_unparked")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__()
         self._loop = loop if loop is not None else asyncio.get_running_loop()
         self._fut: asyncio.Future[None] = self._loop.create_future()
         self._thread = _get_ident()
+        # Set by unpark (after the waker stored its payload), read by a
+        # cancelled sleeper that lost the claim: see _wait_unparked.
+        self._unparked = False
 
     def unpark(self) -> None:
+        self._unparked = True
         if _get_ident() == self._thread:
             _resolve(self._fut)
         else:
@@ -166,19 +170,37 @@ class AsyncWakeup(WakeupHandle):
         :class:`WokenThenCancelled`: the wakeup happened, its payload is set,
         and the caller decides whether to finish or undo what it meant.
         """
-        if timeout is not None and timeout <= 0:
-            return not self._claim.acquire(False)
-        timer = None if timeout is None else self._loop.call_later(timeout, _expire, self)
+        timer = None
+        if timeout is not None:
+            if timeout <= 0:
+                if self._claim.acquire(False):
+                    return False
+                # A waker won the claim: wait for its unpark, so that its
+                # payload is stored before we return (as ThreadWakeup.park).
+            else:
+                timer = self._loop.call_later(timeout, _expire, self)
         try:
             await self._fut
         except asyncio.CancelledError:
-            if self._claim.acquire(False):
-                raise
+            if self._claim.acquire(False) or self.payload is _TIMED_OUT:
+                raise  # nobody woke us (a timeout that lost to the cancel is no wakeup)
+            self._wait_unparked()
             raise WokenThenCancelled from None
         finally:
             if timer is not None:
                 timer.cancel()
         return self.payload is not _TIMED_OUT
+
+    def _wait_unparked(self) -> None:
+        """A waker in another thread claimed the handle; wait until its unpark.
+
+        The task was cancelled, so its future can no longer carry the unpark;
+        the waker does nothing that blocks between claim and unpark (see the
+        module doc), so this spin is short. A waker in this thread has already
+        unparked: nothing here runs between its two steps.
+        """
+        while not self._unparked:
+            time.sleep(0)  # let the waker's thread run
 
 
 def _expire(handle: AsyncWakeup) -> None:
