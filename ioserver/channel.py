@@ -341,7 +341,7 @@ class Channel(Generic[T]):
     def _sel_register_recv(self, handle: WakeupHandle, index: int) -> bool:
         """Park ``handle`` as a receiver unless the channel is ready; False if ready."""
         with self._lock:
-            if self._recv_ready():
+            if self._recv_ready(handle):
                 return False
             self._receivers.append((handle, index))
             self._rwake = True
@@ -351,7 +351,7 @@ class Channel(Generic[T]):
     def _sel_register_send(self, handle: WakeupHandle, index: int, value: Any) -> bool:
         """Park ``handle`` as a sender of ``value`` unless the channel is ready."""
         with self._lock:
-            if self._send_ready():
+            if self._send_ready(handle):
                 return False
             self._senders.append((handle, index, value))
             self._swake = True
@@ -426,10 +426,13 @@ class Channel(Generic[T]):
 
     # -- lock-held helpers ------------------------------------------------------------
 
-    def _recv_ready(self) -> bool:
+    # ``own``: the handle of the select registering now; its other entries on
+    # this channel are no partner for it (a rendezvous select can't meet itself).
+
+    def _recv_ready(self, own: WakeupHandle | None = None) -> bool:
         return bool(self._buf) or self._closed
 
-    def _send_ready(self) -> bool:
+    def _send_ready(self, own: WakeupHandle | None = None) -> bool:
         raise NotImplementedError
 
     def _on_sender_parked(self) -> None:
@@ -539,7 +542,7 @@ class _Unbounded(Channel[T]):
             self._buf.append(value)
             self._feed()
 
-    def _send_ready(self) -> bool:
+    def _send_ready(self, own: WakeupHandle | None = None) -> bool:
         return True
 
     def recv(self, timeout: float | None = None) -> T:
@@ -701,7 +704,7 @@ class _Bounded(Channel[T]):
             self._swake = True  # receivers now look at _admit after each take
             return True
 
-    def _send_ready(self) -> bool:
+    def _send_ready(self, own: WakeupHandle | None = None) -> bool:
         return bool(self._room) or self._closed
 
     def _sel_release_slot(self) -> None:
@@ -754,15 +757,16 @@ class _Rendezvous(Channel[T]):
     async def arecv(self, timeout: float | None = None) -> T:
         return await _arecv_slow(self, timeout)  # type: ignore[no-any-return]
 
-    def _recv_ready(self) -> bool:
+    def _recv_ready(self, own: WakeupHandle | None = None) -> bool:
         # Ready only with a message in hand: a parked coroutine sender must be
         # asked to come (_on_receiver_parked), which needs the receiver parked.
-        return bool(self._buf) or self._closed or _head_sender(self) == "thread"
+        return bool(self._buf) or self._closed or _head_sender(self, own) == "thread"
 
     def _on_receiver_parked(self) -> None:
-        head = _head_sender(self)
+        own = self._receivers[-1][0]
+        head = _head_sender(self, own)
         if head == "coroutine":
-            _ask_a_sender(self)
+            _ask_a_sender(self, own)
         elif head == "thread":
             # A coroutine sender ahead of a thread sender ended (in another
             # thread) after the caller's check: the receiver that just parked
@@ -770,8 +774,8 @@ class _Rendezvous(Channel[T]):
             handle, index = self._receivers[-1]
             _wake(handle, index, _RETRY)
 
-    def _send_ready(self) -> bool:
-        return self._closed or any(not e[0].claimed for e in self._receivers)
+    def _send_ready(self, own: WakeupHandle | None = None) -> bool:
+        return self._closed or any(not e[0].claimed and e[0] is not own for e in self._receivers)
 
     def _sel_claimed_send(self, value: Any, mark: Any) -> bool:
         # _WANT: a receiver asked for our message; hand it over if one still waits.
@@ -800,14 +804,19 @@ def _hand_to_receiver(ch: Channel[Any], value: Any) -> bool:
     return False
 
 
-def _head_sender(ch: Channel[Any]) -> str | None:
+def _head_sender(ch: Channel[Any], own: WakeupHandle | None = None) -> str | None:
     """Rendezvous, lock held: "thread" or "coroutine" for the first live parked
-    sender (dropping stale entries), None if there is none."""
+    sender other than ``own`` (dropping stale entries), None if there is none."""
     senders = ch._senders
     while senders:
         handle = senders[0][0]
         if not handle.claimed:
-            return "coroutine" if isinstance(handle, AsyncWakeup) else "thread"
+            if handle is not own:
+                return "coroutine" if isinstance(handle, AsyncWakeup) else "thread"
+            for entry in senders:  # rare: a select sending and receiving here
+                if entry[0] is not own and not entry[0].claimed:
+                    return "coroutine" if isinstance(entry[0], AsyncWakeup) else "thread"
+            return None
         senders.popleft()
     ch._swake = ch._closed
     return None
@@ -835,15 +844,22 @@ def _take_from_sender(ch: Channel[Any]) -> Any:
     return _NOTHING
 
 
-def _ask_a_sender(ch: Channel[Any]) -> None:
-    """Rendezvous, lock held: wake the first parked sender with ``_WANT``."""
+def _ask_a_sender(ch: Channel[Any], own: WakeupHandle | None = None) -> None:
+    """Rendezvous, lock held: wake the first parked sender (other than ``own``)
+    with ``_WANT``."""
     senders = ch._senders
+    mine = []
     while senders:
-        handle, index, _ = senders.popleft()
+        entry = senders.popleft()
+        handle, index, _ = entry
+        if handle is own:
+            mine.append(entry)  # keep our own send entry, in its place
+            continue
         if handle.claim():
             handle.payload = (index, _WANT)
             handle.unpark()
             break
+    senders.extendleft(reversed(mine))
     ch._swake = ch._closed or bool(senders)
 
 
