@@ -69,6 +69,7 @@ class Port:
         "__weakref__",
         "_closed",
         "_driver",
+        "_idle_callbacks",
         "_inbox",
         "_io",
         "_own_inbox",
@@ -112,6 +113,9 @@ class Port:
         self._processed = 0
         self._transport_busy = False
         self._writers: deque[WakeupHandle] = deque()
+        # Loop thread only: called once when the transport stops being busy
+        # (the daemon resumes reading a client that wrote into this port).
+        self._idle_callbacks: list[Callable[[], object]] = []
         #: Extra fields for ``info()`` (address, pid, ...), set by the driver.
         self.info_extra: dict[str, Any] = {}
 
@@ -275,8 +279,13 @@ class Port:
     def _set_transport_busy(self, busy: bool) -> None:
         """Loop thread: the transport paused or resumed writing."""
         self._transport_busy = busy
-        if not busy and self._writers:
-            self._wake_writers()
+        if not busy:
+            if self._writers:
+                self._wake_writers()
+            if self._idle_callbacks:
+                callbacks, self._idle_callbacks = self._idle_callbacks, []
+                for callback in callbacks:
+                    callback()
 
     def _on_closed(self) -> None:
         """Loop thread: the port is closed; no writer may stay parked."""

@@ -1,0 +1,1 @@
+"""Standalone mode: the daemon process (serve) and its client sessions."""

@@ -1,0 +1,579 @@
+"""One client connection of the daemon: msgpack-rpc in, port events out, on the I/O thread.
+
+Theory of operation
+-------------------
+A :class:`Session` is the asyncio protocol of one accepted client socket and
+runs on the I/O thread only. Bytes in go through ``protocol.Connection``
+(sans-I/O); each request is answered in order of completion (msgpack-rpc
+allows out-of-order replies), each ``send`` notification becomes a write on
+the target port, unknown notifications are ignored.
+
+Ports opened for the session deliver into its :class:`SessionSink`, a Channel
+whose ``try_send`` encodes the event as a notification and appends it to the
+session's output buffer; the buffer goes out in one socket write per loop
+iteration (``call_soon``), so events that arrive together are batched.
+
+Flow control, both ways, with the mechanisms embedded ports already use:
+  * daemon -> client: when the client reads slowly, the session socket's write
+    buffer passes its high-water mark (``pause_writing``); from then on
+    ``try_send`` raises Full, and each port's driver pauses reading and asks
+    the sink to call back when there is room (``_notify_when_room``), which
+    ``resume_writing`` does. Memory stays bounded by the write buffer limits.
+  * client -> daemon: after a ``send`` into a port whose transport is busy, the
+    session stops reading its socket until that port drains, so a client that
+    writes faster than a peer reads is slowed by TCP itself.
+
+Port ids are small integers scoped to the session; a port id of another
+session, or of a closed port, is "no such port". When the client goes away
+every port and timer of the session is closed.
+
+Opening a port blocks (connect, bind, spawn), and the I/O thread never blocks:
+those requests run in the daemon's worker pool, which calls the embedded API
+(``io.connect_tcp`` ...), then hops back to the loop to register the id and
+reply. Events a port delivers before its id is announced are held until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import protocol
+from ..channel import Channel, ChannelClosed, Full
+from ..messages import Accepted
+from ..port import Port, PortClosed
+
+if TYPE_CHECKING:
+    from .serve import Daemon
+
+__all__ = ["Session", "SessionSink"]
+
+log = logging.getLogger("ioserver.daemon")
+
+#: The session socket's write buffer limits: above HIGH the client is slow and
+#: ports pause; below LOW they resume (ZeroMQ's (hwm+1)/2 keeps them apart).
+WRITE_HIGH = 1024 * 1024
+WRITE_LOW = WRITE_HIGH // 2
+
+
+class TimerFired:
+    """What a ``send_after`` timer of a session delivers into the sink."""
+
+    __slots__ = ("message", "timer_id")
+
+    def __init__(self, timer_id: int, message: Any) -> None:
+        self.timer_id = timer_id
+        self.message = message
+
+
+class SessionSink(Channel[Any]):
+    """The inbox of every port of one session: encodes events onto the session socket.
+
+    Only ever used on the I/O thread by drivers (``try_send``,
+    ``_notify_when_room``, ``_put_overflow``); it is never received from.
+    """
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: Session) -> None:
+        super().__init__(None)
+        self.session = session
+
+    def try_send(self, value: Any) -> None:
+        session = self.session
+        if session.closed:
+            raise ChannelClosed(self, value)
+        if session.paused_writing:
+            raise Full(value)
+        session.emit(value)
+
+    send = try_send  # type: ignore[assignment]
+
+    def _notify_when_room(self, callback: Callable[[], object]) -> bool:
+        session = self.session
+        if session.closed or not session.paused_writing:
+            return False
+        session.room_callbacks.append(callback)
+        return True
+
+    def _put_overflow(self, value: Any) -> None:
+        if self.session.closed:
+            raise ChannelClosed(self, value)
+        self.session.emit(value)
+
+    def _take_matching(self, predicate: Callable[[Any], bool]) -> list[Any]:
+        return []
+
+    def close(self) -> None:
+        """A session's sink closes with the session, never because one port closed."""
+
+
+class Session(asyncio.Protocol):
+    """One client of the daemon (I/O thread only)."""
+
+    def __init__(self, daemon: Daemon, kind: str) -> None:
+        self.daemon = daemon
+        self.io = daemon.io
+        self.kind = kind  # "unix" or "tcp"
+        limits = daemon.config.limits
+        self.conn = protocol.Connection(max_message_bytes=limits.max_message_bytes)
+        self.transport: Any = None
+        self.sink = SessionSink(self)
+        self.closed = False
+        # hello is optional over the Unix socket (stock clients won't send it;
+        # the socket is 0600) and required first over TCP.
+        self.authenticated = kind == "unix"
+        self.ports: dict[int, Port] = {}
+        self.ids: dict[Port, int] = {}
+        self.timers: dict[int, Any] = {}
+        self.next_id = 1
+        self.out = bytearray()
+        self.flush_scheduled = False
+        self.paused_writing = False
+        self.paused_reading = False
+        self.room_callbacks: list[Callable[[], object]] = []
+        self.held: dict[Port, list[Any]] = {}
+        self.opening = 0  # open requests in the worker pool
+        self.requests = 0
+        self.events = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.id = daemon.next_session_id()
+
+    # -- asyncio.Protocol ------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        if not self.daemon.add_session(self):
+            limit = self.daemon.config.limits.sessions
+            self.notify("error", [0, protocol.error_value(
+                protocol.LIMIT, f"too many sessions: limit sessions={limit}")])
+            self._flush()
+            transport.close()
+            self.closed = True
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.bytes_in += len(data)
+        conn = self.conn
+        conn.receive_data(data)
+        while not self.closed:
+            try:
+                event = conn.next_event()
+            except protocol.ProtocolError as exc:
+                if exc.fatal:
+                    self._fatal(exc)
+                    return
+                if exc.msgid is not None:
+                    self.reply_error(exc.msgid, exc.code, str(exc))
+                continue
+            if event is protocol.NEED_DATA or event is protocol.CLOSED:
+                break
+            try:
+                self._dispatch(event)
+            except Exception as exc:  # a bug in a handler: answer, keep the session
+                log.exception("ioserver: session %d: handling %r failed", self.id, event)
+                if isinstance(event, protocol.Request):
+                    self.reply_error(event.msgid, protocol.SERVER_ERROR, repr(exc))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close_all()
+
+    def pause_writing(self) -> None:
+        self.paused_writing = True
+
+    def resume_writing(self) -> None:
+        self.paused_writing = False
+        callbacks, self.room_callbacks = self.room_callbacks, []
+        for callback in callbacks:
+            callback()
+
+    # -- output ------------------------------------------------------------------------
+
+    def notify(self, name: str, params: list[Any]) -> None:
+        """Queue a notification; the buffer is written once per loop iteration."""
+        self.out += self.conn.notification(name, params)
+        self._schedule_flush()
+
+    def reply(self, msgid: int, result: Any) -> None:
+        self.out += self.conn.response(msgid, None, result)
+        self._schedule_flush()
+
+    def reply_error(self, msgid: int, code: int, message: str, details: Any = None) -> None:
+        self.out += self.conn.response(msgid, protocol.error_value(code, message, details), None)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.io.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.out and self.transport is not None and not self.transport.is_closing():
+            self.bytes_out += len(self.out)
+            self.transport.write(bytes(self.out))
+        self.out.clear()
+
+    def emit(self, value: Any) -> None:
+        """Encode one port event (or timer firing) as a notification."""
+        if isinstance(value, TimerFired):
+            self.timers.pop(value.timer_id, None)
+            self.notify("timer", [value.timer_id, value.message])
+            return
+        port = value.port
+        if port not in self.ids:
+            self.held.setdefault(port, []).append(value)
+            return
+        if isinstance(value, Accepted):
+            self._register(value.conn)
+        name, params = protocol.event_to_wire(value, self.ids.__getitem__)
+        self.events += 1
+        self.notify(name, params)
+        if name == "closed":
+            self._forget(port)
+
+    # -- ports --------------------------------------------------------------------------
+
+    def _register(self, port: Port) -> int:
+        port_id = self.next_id
+        self.next_id += 1
+        self.ports[port_id] = port
+        self.ids[port] = port_id
+        return port_id
+
+    def _announce(self, port: Port) -> int:
+        """Register ``port`` and release the events it delivered before it had an id."""
+        port_id = self.ids.get(port) or self._register(port)
+        for value in self.held.pop(port, ()):
+            self.emit(value)
+        return port_id
+
+    def _forget(self, port: Port) -> None:
+        port_id = self.ids.pop(port, None)
+        if port_id is not None:
+            self.ports.pop(port_id, None)
+
+    def port(self, port_id: Any) -> Port:
+        """The session's port ``port_id``; a LookupError answered "no such port"."""
+        port = self.ports.get(port_id) if isinstance(port_id, int) else None
+        if port is None:
+            raise NoSuchPort(port_id)
+        return port
+
+    def close_all(self) -> None:
+        """The client is gone: close every port and timer of the session (loop thread)."""
+        if self.closed and not self.ports and not self.timers:
+            self.daemon.remove_session(self)
+            return
+        self.closed = True
+        for port in list(self.ports.values()) + list(self.held):
+            driver = port._driver
+            port._closed = True
+            if driver is not None:
+                driver.stop("session closed")
+        for timer in self.timers.values():
+            timer.cancel()
+        self.ports.clear()
+        self.ids.clear()
+        self.held.clear()
+        self.timers.clear()
+        self.room_callbacks.clear()
+        self.daemon.remove_session(self)
+
+    def _fatal(self, exc: protocol.ProtocolError) -> None:
+        """The stream can't be re-synced: say why, then close the connection."""
+        log.info("ioserver: session %d: %s; closing it", self.id, exc)
+        self.notify("error", [0, protocol.error_value(exc.code, str(exc))])
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+        self.close_all()
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def _dispatch(self, event: Any) -> None:
+        if isinstance(event, protocol.Notification):
+            if not self.authenticated:
+                return
+            if event.method == "send" and len(event.params) == 2:
+                self._send(event.params[0], event.params[1])
+            elif event.method == "send_to" and len(event.params) == 3:
+                self._send(event.params[0], (event.params[1], _addr(event.params[2])))
+            return  # unknown notifications are ignored, never answered
+        if not isinstance(event, protocol.Request):
+            return  # a client has no business sending responses; ignore
+        self.requests += 1
+        msgid, method, params = event.msgid, event.method, event.params
+        if not self.authenticated and method != "hello":
+            self.reply_error(msgid, protocol.NOT_ALLOWED,
+                             "authenticate first: call hello(version, token)")
+            if self.kind == "tcp" and self.transport is not None:
+                self._flush()
+                self.transport.close()
+            return
+        handler = getattr(self, "rpc_" + method, None) if method in protocol.METHODS else None
+        if handler is None:
+            self.reply_error(msgid, protocol.UNKNOWN_METHOD, f"unknown method {method!r}")
+            return
+        try:
+            protocol.check_params(method, params)
+            handler(msgid, *params)
+        except NoSuchPort as exc:
+            self.reply_error(msgid, protocol.NO_SUCH_PORT, f"no such port: {exc.args[0]!r}")
+        except LimitExceeded as exc:
+            self.reply_error(msgid, protocol.LIMIT, str(exc))
+        except NotAllowed as exc:
+            self.reply_error(msgid, protocol.NOT_ALLOWED, str(exc))
+        except (TypeError, ValueError, protocol.ProtocolError) as exc:
+            self.reply_error(msgid, protocol.INVALID_PARAMS, f"{method}: {exc}")
+        except PortClosed as exc:
+            self.reply_error(msgid, protocol.NO_SUCH_PORT, str(exc))
+
+    def _send(self, port_id: Any, data: Any) -> None:
+        """A ``send`` notification: write into the port; failures come back as events."""
+        try:
+            port = self.port(port_id)
+        except NoSuchPort:
+            self.notify("error", [port_id, protocol.error_value(
+                protocol.NO_SUCH_PORT, f"no such port: {port_id!r}")])
+            return
+        driver = port._driver
+        if driver is None or port._closed:
+            return
+        driver.write(data)
+        if port._transport_busy and not self.paused_reading:
+            # The peer reads slower than our client writes: stop reading the
+            # client until this port drains (TCP backpressure end to end).
+            self.paused_reading = True
+            self.transport.pause_reading()
+            port._idle_callbacks.append(self._resume_reading)
+
+    def _resume_reading(self) -> None:
+        if self.paused_reading and not self.closed and self.transport is not None:
+            self.paused_reading = False
+            self.transport.resume_reading()
+
+    # -- methods (each: rpc_<name>(msgid, *params); see protocol.METHODS) ----------------
+
+    def rpc_hello(self, msgid: int, version: int, token: Any = None) -> None:
+        if version != protocol.PROTOCOL_VERSION:
+            self.reply_error(msgid, protocol.PROTOCOL_VERSION_ERROR,
+                             f"protocol version {version} not supported; "
+                             f"this server speaks {protocol.PROTOCOL_VERSION}")
+            return
+        expected = self.daemon.config.server.token
+        if expected:
+            given = token if isinstance(token, str) else ""
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                self.reply_error(msgid, protocol.NOT_ALLOWED, "wrong token")
+                if self.kind == "tcp":
+                    self._flush()
+                    self.transport.close()
+                return
+        elif self.kind == "tcp" and not self.daemon.config.server.insecure:
+            self.reply_error(msgid, protocol.NOT_ALLOWED, "no token configured")
+            return
+        self.authenticated = True
+        self.reply(msgid, {"version": protocol.PROTOCOL_VERSION, "server": "ioserver",
+                           "session_id": self.id})
+
+    def rpc_ping(self, msgid: int) -> None:
+        self.reply(msgid, "pong")
+
+    def rpc_get_api_info(self, msgid: int) -> None:
+        self.reply(msgid, protocol.api_info())
+
+    def rpc_stats(self, msgid: int) -> None:
+        self.reply(msgid, self.daemon.stats_on_loop())
+
+    def rpc_close(self, msgid: int, port_id: Any) -> None:
+        port = self.port(port_id)
+        if port._driver is not None:
+            port._closed = True
+            port._driver.close()
+        self.reply(msgid, None)
+
+    def rpc_close_stdin(self, msgid: int, port_id: Any) -> None:
+        port = self.port(port_id)
+        if port._driver is not None:
+            port._driver.write_eof()
+        self.reply(msgid, None)
+
+    def rpc_setopts(self, msgid: int, port_id: Any, opts: Any) -> None:
+        port = self.port(port_id)
+        if not isinstance(opts, dict) or set(opts) - {"active"}:
+            raise ValueError(f"setopts takes {{'active': ...}}, not {opts!r}")
+        if "active" in opts and port._driver is not None:
+            from ..port import _check_active
+
+            _check_active(opts["active"])
+            port._driver.setopts(opts["active"])
+        self.reply(msgid, None)
+
+    def rpc_read(self, msgid: int, port_id: Any) -> None:
+        port = self.port(port_id)
+        if port._driver is not None:
+            port._driver.read_one()
+        self.reply(msgid, None)
+
+    def rpc_send_after(self, msgid: int, delay: Any, message: Any) -> None:
+        if not isinstance(delay, int | float) or delay < 0:
+            raise ValueError(f"delay must be a number >= 0, not {delay!r}")
+        self._check_port_limit()
+        timer_id = self.next_id
+        self.next_id += 1
+        self.timers[timer_id] = self.io.send_after(
+            float(delay), self.sink, TimerFired(timer_id, message))
+        self.reply(msgid, timer_id)
+
+    def rpc_cancel_timer(self, msgid: int, timer_id: Any) -> None:
+        timer = self.timers.pop(timer_id, None) if isinstance(timer_id, int) else None
+        self.reply(msgid, bool(timer is not None and timer.cancel()))
+
+    def rpc_connect_tcp(self, msgid: int, host: Any, port: Any, opts: Any = None) -> None:
+        self._open(msgid, lambda o: self.io.connect_tcp(host, port, **o), opts, (), None)
+
+    def rpc_listen_tcp(self, msgid: int, host: Any, port: Any, opts: Any = None) -> None:
+        self._open(msgid, lambda o: self.io.listen_tcp(host, port, **o), opts, ("backlog",),
+                   lambda p: [p.address[0], p.address[1]])
+
+    def rpc_connect_unix(self, msgid: int, path: Any, opts: Any = None) -> None:
+        self._open(msgid, lambda o: self.io.connect_unix(path, **o), opts, (), None)
+
+    def rpc_listen_unix(self, msgid: int, path: Any, opts: Any = None) -> None:
+        self._open(msgid, lambda o: self.io.listen_unix(path, **o), opts, ("backlog",), None)
+
+    def rpc_open_udp(self, msgid: int, host: Any, port: Any, opts: Any = None) -> None:
+        def open_udp(o: dict[str, Any]) -> Port:
+            remote = (o.pop("remote_host", None), o.pop("remote_port", None))
+            if remote[0] is not None:
+                o["remote_addr"] = remote
+            return self.io.open_udp((host, port), **o)
+
+        self._open(msgid, open_udp, opts, ("remote_host", "remote_port"),
+                   lambda p: [p.address[0], p.address[1]])
+
+    def rpc_spawn(self, msgid: int, argv: Any, opts: Any = None) -> None:
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ValueError("argv must be a non-empty list of strings")
+        self._check_spawn_allowed(argv[0])
+        self._open(msgid, lambda o: self.io.spawn(argv, **o), opts, ("cwd", "env", "stderr"),
+                   lambda p: p.info_extra.get("pid"))
+
+    def rpc_interval(self, msgid: int, period: Any, opts: Any = None) -> None:
+        if not isinstance(period, int | float) or period <= 0:
+            raise ValueError(f"period must be a number > 0, not {period!r}")
+        self._open(msgid, lambda o: self.io.interval(float(period), **o), opts, (), None)
+
+    def rpc_open_file(self, msgid: int, path: Any, mode: Any = "rb", opts: Any = None) -> None:
+        self._open(msgid, lambda o: self.io.open_file(path, mode, **o), opts, ("chunk_size",),
+                   None)
+
+    # -- opening ports ---------------------------------------------------------------------
+
+    def _check_port_limit(self) -> None:
+        limit = self.daemon.config.limits.ports_per_session
+        if len(self.ports) + len(self.timers) + self.opening >= limit:
+            raise LimitExceeded(f"too many ports: limit ports_per_session={limit}")
+
+    def _check_spawn_allowed(self, program: str) -> None:
+        allow = self.daemon.config.spawn.allow
+        if not allow:
+            raise NotAllowed("spawn is disabled: the daemon's config has no [spawn] allow list")
+        wanted = shutil.which(program) or program
+        for entry in allow:
+            if program == entry or wanted == (shutil.which(entry) or entry):
+                return
+        raise NotAllowed(f"spawn of {program!r} is not allowed by the config's [spawn] allow")
+
+    def _open(
+        self,
+        msgid: int,
+        opener: Callable[[dict[str, Any]], Port],
+        opts: Any,
+        extra_keys: tuple[str, ...],
+        describe: Callable[[Port], Any] | None,
+    ) -> None:
+        """Open a port in the worker pool (it blocks), then register and reply on the loop."""
+        self._check_port_limit()
+        options = _port_options(opts, extra_keys, self.daemon.config.limits)
+        options["inbox"] = self.sink
+        self.opening += 1
+        loop = self.io.loop
+        future = loop.run_in_executor(self.daemon.pool, opener, options)
+
+        def opened(fut: asyncio.Future[Port]) -> None:
+            self.opening -= 1
+            exc = fut.exception()
+            if exc is not None:
+                if isinstance(exc, OSError):
+                    self.reply_error(msgid, protocol.OS_ERROR, str(exc),
+                                     protocol.os_error_details(exc))
+                elif isinstance(exc, TypeError | ValueError):
+                    self.reply_error(msgid, protocol.INVALID_PARAMS, str(exc))
+                else:
+                    self.reply_error(msgid, protocol.SERVER_ERROR, repr(exc))
+                return
+            port = fut.result()
+            if self.closed:
+                if port._driver is not None:
+                    port._driver.stop("session closed")
+                return
+            port_id = self._announce(port)
+            self.reply(msgid, port_id if describe is None else [port_id, describe(port)])
+
+        future.add_done_callback(opened)
+
+
+class NoSuchPort(LookupError):
+    """A request named a port id this session doesn't have (never had, or closed)."""
+
+
+class LimitExceeded(Exception):
+    """A request would pass one of the config's [limits]; the message names it."""
+
+
+class NotAllowed(Exception):
+    """The config forbids this request (spawn not allowed, auth missing)."""
+
+
+_OPTION_KEYS = ("packet", "active", "high_water", "max_frame_bytes")
+
+
+def _port_options(opts: Any, extra_keys: tuple[str, ...], limits: Any) -> dict[str, Any]:
+    """Validate an opts map from the wire into keyword arguments (caps from [limits])."""
+    if opts is None:
+        opts = {}
+    if not isinstance(opts, dict):
+        raise ValueError(f"opts must be a map, not {type(opts).__name__}")
+    unknown = set(opts) - set(_OPTION_KEYS) - set(extra_keys)
+    if unknown:
+        allowed = ", ".join(sorted({*_OPTION_KEYS, *extra_keys}))
+        raise ValueError(f"unknown option(s) {sorted(map(str, unknown))}; allowed: {allowed}")
+    options = dict(opts)
+    max_frame = limits.max_frame_bytes
+    options["max_frame_bytes"] = min(int(options.get("max_frame_bytes", max_frame)), max_frame)
+    high_water = options.get("high_water", limits.pending_bytes)
+    options["high_water"] = min(int(high_water), limits.pending_bytes)
+    if "env" in options and options["env"] is not None:
+        env = options["env"]
+        if not isinstance(env, dict):
+            raise ValueError("env must be a map of strings")
+        options["env"] = {**os.environ, **{str(k): str(v) for k, v in env.items()}}
+    return options
+
+
+def _addr(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
