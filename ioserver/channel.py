@@ -324,11 +324,17 @@ class Channel(Generic[T]):
     # -- the select protocol (see select.py) ----------------------------------------
 
     def _sel_try_recv(self) -> Any:
-        """A message, or ``_NOTHING``; raises ChannelClosed when closed and drained."""
-        try:
-            return self.try_recv()
-        except Empty:
-            return _NOTHING
+        """A message, or ``_NOTHING``; raises ChannelClosed when closed and drained.
+
+        The "nothing" answer takes no lock and raises nothing: it is only a
+        hint, because select re-checks under the lock when it registers.
+        """
+        if self._buf or self._closed or self._senders:
+            try:
+                return self.try_recv()
+            except Empty:
+                pass
+        return _NOTHING
 
     def _sel_try_send(self, value: Any) -> bool:
         """Send if possible now; raises ChannelClosed."""
@@ -442,16 +448,16 @@ class Channel(Generic[T]):
         """Called under the lock after a receiver parked."""
 
     def _drop(self, handle: WakeupHandle) -> None:
-        if self._receivers:
-            kept_r = deque(e for e in self._receivers if e[0] is not handle)
-            if len(kept_r) != len(self._receivers):
-                self._receivers = kept_r
-        if self._senders:
-            kept_s = deque(e for e in self._senders if e[0] is not handle)
-            if len(kept_s) != len(self._senders):
-                self._senders = kept_s
+        for entry in self._receivers:
+            if entry[0] is handle:
+                self._receivers = deque(e for e in self._receivers if e[0] is not handle)
+                break
+        for sender in self._senders:
+            if sender[0] is handle:
+                self._senders = deque(e for e in self._senders if e[0] is not handle)
+                break
         self._rwake = self._closed or bool(self._receivers)
-        self._swake = self._closed or bool(self._senders)
+        self._swake = self._closed or bool(self._senders) or bool(self._watchers)
 
     def _feed(self) -> None:
         """Hand buffered messages to parked receivers (lock held)."""

@@ -237,7 +237,7 @@ class Port:
             handle = ThreadWakeup()
             self._writers.append(handle)
             if not self.busy or self._closed:  # re-check after registering ([1])
-                handle.claim()
+                handle.abort()
                 continue
             left = None if deadline is None else deadline - monotonic()
             if (left is not None and left <= 0) or not handle.park(left):
@@ -253,7 +253,8 @@ class Port:
             handle = AsyncWakeup()
             self._writers.append(handle)
             if not self.busy or self._closed:
-                handle.claim()
+                if not handle.claim():
+                    await handle.park()  # a waker got there first: take its wakeup
                 continue
             left = None if deadline is None else deadline - monotonic()
             if (left is not None and left <= 0) or not await handle.park(left):

@@ -46,7 +46,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from _thread import allocate_lock
+from _thread import LockType, allocate_lock
 from collections.abc import Callable
 from typing import Any
 
@@ -104,32 +104,65 @@ class WakeupHandle:
         return False
 
 
-class ThreadWakeup(WakeupHandle):
-    """A handle for a blocked native thread."""
+def _thread_park_lock() -> LockType:
+    """The calling thread's park lock: held except while an unpark is pending."""
+    try:
+        return _local.park  # type: ignore[no-any-return]
+    except AttributeError:
+        lock = allocate_lock()
+        lock.acquire()
+        _local.park = lock
+        return lock
 
-    __slots__ = ("_park",)
+
+_local = threading.local()
+
+
+class ThreadWakeup(WakeupHandle):
+    """A handle for a blocked native thread (made by the thread that will park on it).
+
+    All handles of one thread share that thread's park lock, held while no
+    unpark is pending: allocating a lock per block was a measurable part of a
+    thread-to-thread round trip. Sharing is safe because every unpark is
+    consumed by its own handle's ``park`` or ``abort`` before the thread can
+    block again ([4] of channel.py: only a claim winner unparks, once), and
+    ``_unparked`` makes a release meant for an older handle (say, after an
+    exception interrupted a park) unable to end a newer one.
+    """
+
+    __slots__ = ("_park", "_unparked")
 
     def __init__(self) -> None:
         super().__init__()
-        # Created held: the sleeper blocks in acquire() until unpark releases it.
-        self._park = allocate_lock()
-        self._park.acquire()
+        self._park = _thread_park_lock()
+        self._unparked = False
 
     def unpark(self) -> None:
+        self._unparked = True
         self._park.release()
 
     def park(self, timeout: float | None = None) -> bool:
         """Block the calling thread until woken (True) or ``timeout`` passes (False)."""
+        park = self._park
         if timeout is None:
-            self._park.acquire()
+            park.acquire()
+            while not self._unparked:  # a stale release: not ours
+                park.acquire()
             return True
-        if timeout > 0 and self._park.acquire(True, timeout):
-            return True
+        if timeout > 0 and park.acquire(True, timeout):
+            if self._unparked:
+                return True
+            return self.park(max(0.0, timeout / 2))  # stale release; rare
         if self._claim.acquire(False):
             return False  # timed out; nobody can wake this handle any more
         # A waker won the claim just now; its unpark follows without blocking.
-        self._park.acquire()
-        return True
+        return self.park(None)
+
+    def abort(self) -> None:
+        """Cancel a block that never parked: take the claim, or, if a waker won it,
+        consume its unpark (so it can't end the thread's next block)."""
+        if not self._claim.acquire(False):
+            self.park(None)
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

@@ -44,7 +44,7 @@ import random
 from time import monotonic as _now
 from typing import Any, Protocol
 
-from .channel import _CLOSED, _NOTHING, _RETRY, _SENT, ChannelClosed
+from .channel import _CLOSED, _NOTHING, _RETRY, _SENT, Channel, ChannelClosed
 from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle, WokenThenCancelled
 
 __all__ = ["Selectable", "aselect", "select"]
@@ -63,38 +63,36 @@ class Selectable(Protocol):
 _randrange = random.randrange
 
 
-class _Op:
-    """One operation of a select: ``source`` as given, and the send value if any."""
-
-    __slots__ = ("is_send", "source", "value")
-
-    def __init__(self, op: Any) -> None:
-        if isinstance(op, tuple):
-            if len(op) != 2:
-                raise TypeError(f"a send operation is (channel, value), not {op!r}")
-            self.source, self.value = op
-            self.is_send = True
-        else:
-            self.source, self.value, self.is_send = op, None, False
-        if not hasattr(self.source, "_sel_register_recv"):
-            raise TypeError(f"{self.source!r} cannot be selected on (not a channel or port)")
+# One operation of a select: (is_send, source as given, send value or None).
+_Op = tuple[bool, Any, Any]
 
 
 def _prepare(ops: tuple[Any, ...]) -> list[_Op]:
     if not ops:
         raise ValueError("select needs at least one operation")
-    return [_Op(op) for op in ops]
+    prepared: list[_Op] = []
+    for op in ops:
+        if type(op) is tuple:
+            if len(op) != 2:
+                raise TypeError(f"a send operation is (channel, value), not {op!r}")
+            source, value = op
+            prepared.append((True, source, value))
+        else:
+            source = op
+            prepared.append((False, op, None))
+        if not isinstance(source, Channel) and not hasattr(source, "_sel_register_recv"):
+            raise TypeError(f"{source!r} cannot be selected on (not a channel or port)")
+    return prepared
 
 
 def _poll(ops: list[_Op], start: int) -> tuple[Any, Any] | None:
     """Step 1: try every operation once without blocking, from ``start``."""
     n = len(ops)
     for k in range(n):
-        op = ops[(start + k) % n]
-        src = op.source
+        is_send, src, value = ops[(start + k) % n]
         try:
-            if op.is_send:
-                if src._sel_try_send(op.value):
+            if is_send:
+                if src._sel_try_send(value):
                     return src, None
             else:
                 message = src._sel_try_recv()
@@ -115,11 +113,11 @@ def _register(ops: list[_Op], start: int, handle: WakeupHandle) -> bool:
     n = len(ops)
     for k in range(n):
         i = (start + k) % n
-        op = ops[i]
-        if op.is_send:
-            parked = op.source._sel_register_send(handle, i, op.value)
+        is_send, src, value = ops[i]
+        if is_send:
+            parked = src._sel_register_send(handle, i, value)
         else:
-            parked = op.source._sel_register_recv(handle, i)
+            parked = src._sel_register_recv(handle, i)
         if not parked:
             # Ready now. Take our own claim so no waker acts on the entries we
             # made; if a waker got there first, its handoff stands.
@@ -128,23 +126,22 @@ def _register(ops: list[_Op], start: int, handle: WakeupHandle) -> bool:
 
 
 def _unregister(ops: list[_Op], handle: WakeupHandle) -> None:
-    for op in ops:
-        op.source._sel_unregister(handle)
+    for _, src, _ in ops:
+        src._sel_unregister(handle)
 
 
 def _finish(ops: list[_Op], payload: tuple[int, Any]) -> tuple[Any, Any] | None:
     """Step 4: the result a waker handed over, or None to go round again."""
     index, mark = payload
-    op = ops[index]
-    src = op.source
+    is_send, src, value = ops[index]
     if mark is _RETRY:
         return None
-    if op.is_send:
+    if is_send:
         if mark is _SENT:
             return src, None
         if mark is _CLOSED:
-            raise ChannelClosed(src, op.value)
-        return (src, None) if src._sel_claimed_send(op.value, mark) else None
+            raise ChannelClosed(src, value)
+        return (src, None) if src._sel_claimed_send(value, mark) else None
     src._sel_release_slot()
     return src, mark
 
@@ -224,8 +221,8 @@ async def aselect(*ops: Any, timeout: float | None = None) -> tuple[Any, Any]:
 def _undo(ops: list[_Op], payload: tuple[int, Any]) -> None:
     """A coroutine select was handed ``payload`` and then cancelled: give it back."""
     index, mark = payload
-    op = ops[index]
-    if op.is_send:
-        op.source._sel_abandon(mark)
+    is_send, src, _ = ops[index]
+    if is_send:
+        src._sel_abandon(mark)
     elif mark is not _RETRY:
-        op.source._sel_unrecv(mark)
+        src._sel_unrecv(mark)
