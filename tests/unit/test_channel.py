@@ -64,6 +64,19 @@ def drain(ch: Channel[Any]) -> list[Any]:
             return out
 
 
+def assert_capacity_intact(ch: Channel[Any]) -> None:
+    """An empty bounded channel takes exactly ``capacity`` messages: no slot leaked or
+    double-freed by a handoff, a cancellation or a timeout. Leaves the channel empty."""
+    assert len(ch) == 0
+    if not ch.capacity:
+        return
+    for i in range(ch.capacity):
+        ch.try_send(("probe", i))
+    with pytest.raises(Full):
+        ch.try_send("one too many")
+    assert drain(ch) == [("probe", i) for i in range(ch.capacity)]
+
+
 def receivers(ch: Channel[Any]) -> int:
     return ch.statistics().waiting_receivers
 
@@ -412,6 +425,63 @@ class TestConformance:
         assert receivers(ch) + senders(ch) == 0
         assert drain(ch) == filled
 
+    @pytest.mark.asyncio
+    async def test_handoffs_to_parked_parties_keep_the_capacity(self, ch: Channel[Any]) -> None:
+        """Messages handed to parked recv/arecv/select/aselect receivers, and room handed to
+        parked send/asend/select senders, leave every slot accounted for."""
+        from ioserver import aselect, select
+
+        receives: list[Callable[[], Any]] = [
+            lambda: ch.recv(timeout=10),
+            lambda: select(ch, timeout=10)[1],
+        ]
+        for receive in receives:
+            bg = Background(receive)
+            wait_until(lambda: receivers(ch) == 1)
+            await asyncio.to_thread(ch.send, "m", 10)
+            assert bg.result() == "m"
+            assert_capacity_intact(ch)
+        for areceive in (ch.arecv(timeout=10), aselect(ch, timeout=10)):
+            task = asyncio.ensure_future(areceive)
+            await await_until(lambda: receivers(ch) == 1)
+            await asyncio.to_thread(ch.send, "m", 10)
+            assert (await task) in ("m", (ch, "m"))
+            assert_capacity_intact(ch)
+        if ch.capacity is None:
+            return
+        sends: list[Callable[[], Any]] = [
+            lambda: ch.send("s", timeout=10),
+            lambda: select((ch, "s"), timeout=10),
+        ]
+        for send in sends:
+            filled = fill(ch)
+            bg = Background(send)
+            wait_until(lambda: senders(ch) == 1)
+            got = [await asyncio.to_thread(ch.recv, 10) for _ in range(len(filled) + 1)]
+            bg.result()
+            assert got == [*filled, "s"]
+            assert_capacity_intact(ch)
+        for asend in (ch.asend("s", timeout=10), aselect((ch, "s"), timeout=10)):
+            filled = fill(ch)
+            task = asyncio.ensure_future(asend)
+            await await_until(lambda: senders(ch) == 1)
+            k = len(filled) + 1
+            rx = Background(lambda k=k: [ch.recv(timeout=10) for _ in range(k)])
+            await task
+            assert await asyncio.to_thread(rx.result) == [*filled, "s"]
+            assert_capacity_intact(ch)
+
+    def test_timeouts_keep_the_capacity(self, ch: Channel[Any]) -> None:
+        for timeout in (0, 0.005):
+            with pytest.raises(TimeoutError):
+                ch.recv(timeout=timeout)
+            if ch.capacity is not None:
+                fill(ch)
+                with pytest.raises(TimeoutError):
+                    ch.send("x", timeout=timeout)
+                drain(ch)
+            assert_capacity_intact(ch)
+
     # -- close -----------------------------------------------------------------------------
 
     def test_close_is_idempotent(self, ch: Channel[Any]) -> None:
@@ -728,6 +798,7 @@ class TestConformance:
             await asyncio.to_thread(sender.result)
             assert drain(ch) == []
             assert receivers(ch) == 0
+            assert_capacity_intact(ch)
         assert outcomes["cancelled"] >= 100  # points 0, 2 and 4 always cancel
 
     @pytest.mark.asyncio
@@ -776,6 +847,7 @@ class TestConformance:
                 assert got == [*filled, i]
             assert drain(ch) == []
             assert senders(ch) == 0
+            assert_capacity_intact(ch)
         assert outcomes["cancelled"] >= 48  # point 0 always cancels
 
     # -- threads, coroutines and loops ---------------------------------------------------------
