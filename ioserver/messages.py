@@ -66,7 +66,8 @@ class Closed(Message):
 
 @dataclass(frozen=True, slots=True)
 class Error(Message):
-    """The port failed; ``error`` is the exception. A ``Closed`` follows."""
+    """The port failed; ``error`` is the exception. A ``Closed`` follows, except for
+    UDP's per-datagram errors (an ICMP error, a rejected send): that port stays open."""
 
     error: BaseException
 

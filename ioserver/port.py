@@ -209,7 +209,7 @@ class Port:
             if nowait:
                 return False
             self._wait_not_busy(timeout)
-        n = len(data)
+        n = len(data[0]) if type(data) is tuple else len(data)  # UDP: (data, addr)
         with self._send_lock:
             self._submitted += n
             self._wakeup.submit(self._write_on_loop, data, n)
@@ -221,7 +221,7 @@ class Port:
             raise PortClosed(f"{self!r} is closed")
         if self.busy:
             await self._await_not_busy(timeout)
-        n = len(data)
+        n = len(data[0]) if type(data) is tuple else len(data)  # UDP: (data, addr)
         with self._send_lock:
             self._submitted += n
             self._wakeup.submit(self._write_on_loop, data, n)

@@ -34,8 +34,8 @@ Timers (lesson 1): a request with a ``deadline`` that is not earlier than the
 loop's armed wakeup (``next_wakeup``) needs no pipe write at all: the loop
 drains the queue when it wakes for that deadline (see ``wake_at``). The
 producer re-reads ``next_wakeup`` after its append; if the loop moved it
-meanwhile (it sets it to "now" before it drains), the producer falls back to
-the ordinary wakeup.
+meanwhile (it sets it to +inf, "nothing armed", before it drains), the
+producer falls back to the ordinary wakeup.
 
 Shutdown (lesson 7): ``close()`` runs on the loop thread: it sets ``_done``,
 then drains whatever is queued, rejecting each request. A producer checks
@@ -220,10 +220,12 @@ class Wakeup:
     def wake_at(self) -> None:
         """Loop thread: the armed wakeup (``next_wakeup``) fired; drain if needed.
 
-        Sets ``next_wakeup`` to "now" first, so a producer comparing against
-        the old value notices the change and writes the pipe itself.
+        Sets ``next_wakeup`` to +inf ("nothing armed") first: a producer that
+        compared against the old value sees the change on its re-read, and one
+        that reads +inf takes the ordinary path and writes the pipe. (The timer
+        driver arms the next wakeup afterwards.)
         """
-        self.next_wakeup = -_INF
+        self.next_wakeup = _INF
         if self._pending.acquire(False):
             self._drain()
 

@@ -99,7 +99,8 @@ class Driver:
         self._closed_queued = False  # Closed is in _pending (or delivered)
         self._finished = False  # Closed was delivered: nothing more, ever
         self._waiting_room = False  # a room callback is registered on the inbox
-        self._reading = True  # our view of the transport's reading state
+        # Our view of the transport's reading state: a passive port starts paused.
+        self._reading = self._active > 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.messages_in = 0
