@@ -922,7 +922,15 @@ def _recv_slow(ch: Channel[Any], timeout: float | None, nowait: bool = False) ->
             ch._receivers.append((handle, 0))
             ch._rwake = True
             ch._on_receiver_parked()
-        if not handle.park(None if deadline is None else max(0.0, deadline - _now())):
+        try:
+            woken = handle.park(None if deadline is None else max(0.0, deadline - _now()))
+        except BaseException:  # interrupted (KeyboardInterrupt, a signal handler)
+            if handle.abort():
+                ch._sel_unregister(handle)
+            elif handle.payload[1] is not _RETRY:
+                ch._sel_unrecv(handle.payload[1])  # handed to us just now: put it back
+            raise
+        if not woken:
             ch._sel_unregister(handle)
             raise TimeoutError("recv timed out")
         value = handle.payload[1]
@@ -979,7 +987,13 @@ def _send_slow(ch: Channel[Any], value: Any, timeout: float | None, nowait: bool
             ch._senders.append((handle, 0, value))
             ch._swake = True
             ch._on_sender_parked()
-        if not handle.park(None if deadline is None else max(0.0, deadline - _now())):
+        try:
+            woken = handle.park(None if deadline is None else max(0.0, deadline - _now()))
+        except BaseException:  # interrupted: withdraw, unless the send already happened
+            if handle.abort():
+                ch._sel_unregister(handle)
+            raise
+        if not woken:
             ch._sel_unregister(handle)
             raise TimeoutError("send timed out")
         mark = handle.payload[1]

@@ -370,7 +370,9 @@ class Port:
         return base
 
     def _command(self, name: str, *args: Any) -> None:
-        if self._closed and name != "read_one":
+        # setopts and read stay allowed once the peer has ended the port: a
+        # passive port gets its Closed only when it asks for more.
+        if self._closed and name == "write_eof":
             raise PortClosed(f"{self!r} is closed")
         self._wakeup.submit(self._command_on_loop, name, args)
 

@@ -172,7 +172,13 @@ def select(*ops: Any, timeout: float | None = None) -> tuple[Any, Any]:
         if not _register(prepared, start, handle):
             _unregister(prepared, handle)
             continue  # an operation turned ready while we registered: poll again
-        woken = handle.park(left)
+        try:
+            woken = handle.park(left)
+        except BaseException:  # interrupted: nothing happened, as for a cancelled aselect
+            _unregister(prepared, handle)
+            if not handle.abort():
+                _undo(prepared, handle.payload)
+            raise
         _unregister(prepared, handle)
         if not woken:
             raise TimeoutError("select timed out")

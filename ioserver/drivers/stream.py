@@ -53,6 +53,14 @@ class StreamDriver(Driver, asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self._reading:
             transport.pause_reading()
+            # uvloop starts reading after connection_made returns, undoing that
+            # pause: pause again once it has.
+            self.server.loop.call_soon(self._keep_paused)
+
+    def _keep_paused(self) -> None:
+        transport = self.transport
+        if not self._reading and transport is not None and transport.is_reading():
+            transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         try:
