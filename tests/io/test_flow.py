@@ -178,13 +178,7 @@ def test_passive_port_read_returns_the_next_message(io: IOServer) -> None:
         port.recv(timeout=T)
 
 
-@pytest.mark.parametrize(
-    "how",
-    [
-        "read",
-        "setopts",
-    ],
-)
+@pytest.mark.parametrize("how", ["read", "setopts"])
 def test_closed_reaches_a_passive_port_only_when_asked(io: IOServer, how: str) -> None:
     """Erlang semantics: the end of a connection is queued like data; a passive
     port learns of it when it reads or is re-activated.

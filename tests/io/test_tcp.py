@@ -441,8 +441,6 @@ class StreamPortTests:
         assert conn.closed
         with pytest.raises(PortClosed):
             conn.send(b"late\n")
-        with pytest.raises(PortClosed):
-            conn.setopts(active=True)
         assert read_until_eof(peer) == b"bye\n"
         peer.close()
 
