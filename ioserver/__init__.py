@@ -7,6 +7,8 @@ arrive as ordinary channel messages.
 from .channel import Channel, ChannelClosed, ChannelStatistics, Empty, Full
 from .sched import AsyncTask, Task, WakeupHandle, current_task
 from .select import aselect, select
+from .server import IOServer, default
+from .wakeup import ServerStopped
 
 __all__ = [
     "AsyncTask",
@@ -15,10 +17,13 @@ __all__ = [
     "ChannelStatistics",
     "Empty",
     "Full",
+    "IOServer",
+    "ServerStopped",
     "Task",
     "WakeupHandle",
     "aselect",
     "current_task",
+    "default",
     "select",
 ]
 

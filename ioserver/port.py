@@ -123,7 +123,8 @@ class Port:
         return f"<Port {self.id} {self.kind}{' closed' if self._closed else ''}>"
 
     def __del__(self) -> None:
-        if not self._closed and self._driver is not None:
+        # getattr: __init__ may have raised before setting the fields.
+        if not getattr(self, "_closed", True) and getattr(self, "_driver", None) is not None:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
 
     # -- receive side: the inbox -----------------------------------------------------
@@ -240,7 +241,14 @@ class Port:
                 handle.abort()
                 continue
             left = None if deadline is None else deadline - monotonic()
-            if (left is not None and left <= 0) or not handle.park(left):
+            try:
+                woken = handle.park(left)  # park(<= 0) polls; False: we hold the claim
+            except BaseException:
+                handle.abort()
+                self._forget_writer(handle)
+                raise
+            if not woken:
+                self._forget_writer(handle)  # or retries against a stuck peer pile up
                 raise TimeoutError(f"{self!r} stayed busy past the timeout")
 
     async def _await_not_busy(self, timeout: float | None) -> None:
@@ -257,8 +265,22 @@ class Port:
                     await handle.park()  # a waker got there first: take its wakeup
                 continue
             left = None if deadline is None else deadline - monotonic()
-            if (left is not None and left <= 0) or not await handle.park(left):
+            try:
+                woken = await handle.park(left)  # park(<= 0) polls, as park(None) waits
+            except BaseException:
+                self._forget_writer(handle)
+                raise
+            if not woken:
+                self._forget_writer(handle)
                 raise TimeoutError(f"{self!r} stayed busy past the timeout")
+
+    def _forget_writer(self, handle: WakeupHandle) -> None:
+        """Take a writer that gave up out of ``_writers`` (one atomic deque.remove;
+        handles compare by identity, so no Python code runs inside it)."""
+        try:
+            self._writers.remove(handle)
+        except ValueError:
+            pass  # the loop popped it meanwhile
 
     def _write_on_loop(self, data: Any, n: int) -> None:
         """Loop thread: hand a write to the driver, then update the accounting."""

@@ -139,6 +139,8 @@ class ListenerDriver(Driver):
         self.conn_inbox = conn_inbox
         self.server_obj: asyncio.AbstractServer | None = None
         self.accepted = 0
+        #: Called once when the listener closes (the Unix driver removes its file).
+        self.on_close: Callable[[], object] | None = None
 
     def new_connection(self) -> StreamDriver:
         """The protocol factory for accepted connections (loop thread)."""
@@ -157,6 +159,8 @@ class ListenerDriver(Driver):
         if self.server_obj is not None:
             self.server_obj.close()
             self.server_obj = None
+            if self.on_close is not None:
+                self.on_close()
 
     def begin_stop(self) -> None:
         self._abort()  # stop accepting; connections are closed by their own drivers
@@ -193,11 +197,24 @@ def connect(server: Any, kind: str, open_fn: OpenFn, options: dict[str, Any]) ->
     opts, _ = take_options(dict(options))
     port = Port(server, kind, opts.inbox, high_water=opts.high_water)
 
+    made: list[StreamDriver] = []
+
     def factory() -> StreamDriver:
-        return StreamDriver(server, port, kind, **opts.driver_kwargs())
+        driver = StreamDriver(server, port, kind, **opts.driver_kwargs())
+        made.append(driver)
+        return driver
 
     async def open_connection() -> None:
-        await asyncio.wait_for(open_fn(factory), opts.timeout)
+        try:
+            await asyncio.wait_for(open_fn(factory), opts.timeout)
+        except BaseException:
+            # uvloop makes the protocol before it connects: unregister it, so a
+            # refused or timed-out connect leaves no port behind.
+            for driver in made:
+                driver._closed_queued = True
+                port._on_closed()
+                driver._after_closed()
+            raise
 
     server._run_coroutine(open_connection)
     return port

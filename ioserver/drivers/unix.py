@@ -27,5 +27,18 @@ def listen(server: Any, path: str, options: dict[str, Any]) -> Port:
         return server.loop.create_unix_server(factory, os.fspath(path), backlog=backlog)
 
     port = stream.listen(server, "unix", open_fn, options)
-    port.info_extra["path"] = os.fspath(path)
+    path = os.fspath(path)
+    port.info_extra["path"] = path
+    st = os.stat(path)
+    port._driver.on_close = lambda: _unlink_if_ours(path, (st.st_dev, st.st_ino))
     return port
+
+
+def _unlink_if_ours(path: str, identity: tuple[int, int]) -> None:
+    """Remove the socket file we bound, unless someone replaced it since."""
+    try:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == identity:
+            os.unlink(path)
+    except OSError:
+        pass

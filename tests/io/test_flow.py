@@ -396,12 +396,6 @@ def test_blocked_writer_wakes_with_port_closed_on_close(io: IOServer) -> None:
     peer.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a send() that times out leaves its (claimed) ThreadWakeup in "
-    "port._writers until the port drains; retries against a stuck peer grow it "
-    "without bound (one handle and one lock per timed-out send)",
-)
 def test_timed_out_sends_leave_no_parked_writers_behind(io: IOServer) -> None:
     port, peer = connect(io)
     make_busy(port, chunk_of)

@@ -381,12 +381,6 @@ class StreamPortTests:
         finally:
             sock.close()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="core bug: uvloop calls the protocol factory before connecting, so a "
-        "failed connect leaves its StreamDriver registered (stream.connect never "
-        "unregisters it): open_ports counts it and stop() delivers to a dead port",
-    )
     def test_failed_connect_leaves_no_port_behind(self, io: IOServer, family: Any) -> None:
         sock, address = family.dead_address()
         try:
@@ -553,11 +547,6 @@ class TestTcp(StreamPortTests):
             io.listen_tcp("127.0.0.1", 0, pakcet="line")
         assert io.stats()["open_ports"] == 0
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="core bug: Port.__init__ raises (rendezvous inbox) before setting _closed, "
-        "so Port.__del__ raises AttributeError (an unraisable exception)",
-    )
     def test_rejected_inbox_raises_cleanly(self, io: IOServer, family: TcpFamily) -> None:
         """A rendezvous inbox is refused with ValueError and nothing else: no
         exception escapes the half-built Port's finaliser."""

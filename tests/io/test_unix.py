@@ -116,11 +116,6 @@ class TestUnix(StreamPortTests):
         with pytest.raises(FileNotFoundError):
             io.connect_unix(family.path())
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="core bug: drivers/unix.py documents that the socket file is removed "
-        "on close, but neither ListenerDriver nor uvloop/asyncio (3.11) removes it",
-    )
     def test_listener_close_removes_the_socket_file(self, io: IOServer, family: UnixFamily) -> None:
         path = family.path()
         listener = io.listen_unix(path)
