@@ -241,7 +241,7 @@ def test_producers_consumers_closed_at_random(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 @pytest.mark.parametrize("capacity", [*FLAVOURS, 1], ids=[*FLAVOUR_IDS, "bounded1"])
 def test_producers_consumers_closed_at_random_long(capacity: int | None) -> None:
     for seed in range(100, 140):
