@@ -1,10 +1,10 @@
 """client: drive a standalone ioserver daemon with the same API as the embedded server.
 
-    import client
-    io = client.connect("/run/user/1000/ioserver.sock")   # or "tcp://host:port", token=...
-    conn = io.connect_tcp("127.0.0.1", 8080, packet="line")  # a RemotePort
-    conn.send(b"hello\\n")
-    msg = conn.recv()                                        # Data / Closed / ...
+import client
+io = client.connect("/run/user/1000/ioserver.sock")   # or "tcp://host:port", token=...
+conn = io.connect_tcp("127.0.0.1", 8080, packet="line")  # a RemotePort
+conn.send(b"hello\\n")
+msg = conn.recv()                                        # Data / Closed / ...
 """
 
 from .remote import RemoteIOServer, RemotePort, RemoteTimer, connect

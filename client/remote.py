@@ -37,7 +37,7 @@ from typing import Any
 from ioserver import protocol
 from ioserver.channel import Channel, ChannelClosed, Full
 from ioserver.drivers.base import Driver
-from ioserver.messages import Accepted, Closed, Message
+from ioserver.messages import Accepted, Closed
 from ioserver.port import Port
 from ioserver.sched import ThreadWakeup
 from ioserver.server import IOServer, default
@@ -207,8 +207,9 @@ class _Link(asyncio.Protocol):
             if listener is None:
                 return
             inbox = listener.conn_inbox
-            conn = self._new_port(params[1], listener.port.kind.replace("-listener", ""), inbox,
-                                  None)
+            conn = self._new_port(
+                params[1], listener.port.kind.replace("-listener", ""), inbox, None
+            )
             if len(params) > 2 and params[2] is not None:
                 conn.info_extra["peer"] = _tuple(params[2])
             listener.deliver(Accepted(listener.port, conn))
@@ -298,7 +299,10 @@ class RemoteIOServer:
             self._link.transport.close()
 
     def _call(
-        self, method: str, params: list[Any], on_result: Callable[[Any], Any] | None = None,
+        self,
+        method: str,
+        params: list[Any],
+        on_result: Callable[[Any], Any] | None = None,
         timeout: float | None = None,
     ) -> Any:
         handle = ThreadWakeup()
@@ -311,7 +315,11 @@ class RemoteIOServer:
         raise value
 
     def _open(
-        self, method: str, params: list[Any], kind: str, options: dict[str, Any],
+        self,
+        method: str,
+        params: list[Any],
+        kind: str,
+        options: dict[str, Any],
         extra: tuple[str, ...] = (),
     ) -> RemotePort:
         inbox = options.pop("inbox", None)
@@ -358,8 +366,7 @@ class RemoteIOServer:
         remote = options.pop("remote_addr", None)
         if remote is not None:
             options["remote_host"], options["remote_port"] = remote
-        return self._open("open_udp", [host, port], "udp", options,
-                          ("remote_host", "remote_port"))
+        return self._open("open_udp", [host, port], "udp", options, ("remote_host", "remote_port"))
 
     def spawn(self, argv: list[str], **options: Any) -> RemotePort:
         if isinstance(argv, str):
@@ -405,7 +412,10 @@ class RemoteIOServer:
 
 
 def connect(
-    address: str, token: str | None = None, *, io: IOServer | None = None,
+    address: str,
+    token: str | None = None,
+    *,
+    io: IOServer | None = None,
     timeout: float | None = 5.0,
 ) -> RemoteIOServer:
     """Connect to a daemon at a Unix socket path or ``tcp://host:port``.
@@ -420,9 +430,8 @@ def connect(
     async def open_link() -> None:
         loop = io.loop
         if address.startswith("tcp://"):
-            host, _, port = address[len("tcp://"):].rpartition(":")
-            await asyncio.wait_for(loop.create_connection(lambda: link, host, int(port)),
-                                   timeout)
+            host, _, port = address[len("tcp://") :].rpartition(":")
+            await asyncio.wait_for(loop.create_connection(lambda: link, host, int(port)), timeout)
         else:
             await asyncio.wait_for(loop.create_unix_connection(lambda: link, address), timeout)
 

@@ -56,7 +56,7 @@ class RpcClient:
 
 def _connect(address: str, timeout: float) -> socket.socket:
     if address.startswith("tcp://"):
-        host, _, port = address[len("tcp://"):].rpartition(":")
+        host, _, port = address[len("tcp://") :].rpartition(":")
         return socket.create_connection((host, int(port)), timeout=timeout)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -139,11 +139,15 @@ def format_stats(stats: dict[str, Any]) -> str:
     sessions = stats.get("session_list") or []
     if sessions:
         lines.append("")
-        lines.append(f"{'session':>8} {'kind':<5} {'ports':>6} {'requests':>9} {'events':>9} "
-                     f"{'bytes in':>10} {'bytes out':>10}")
+        lines.append(
+            f"{'session':>8} {'kind':<5} {'ports':>6} {'requests':>9} {'events':>9} "
+            f"{'bytes in':>10} {'bytes out':>10}"
+        )
         for s in sessions:
-            lines.append(f"{s['id']:>8} {s['kind']:<5} {s['ports']:>6} {s['requests']:>9} "
-                         f"{s['events']:>9} {s['bytes_in']:>10} {s['bytes_out']:>10}")
+            lines.append(
+                f"{s['id']:>8} {s['kind']:<5} {s['ports']:>6} {s['requests']:>9} "
+                f"{s['events']:>9} {s['bytes_in']:>10} {s['bytes_out']:>10}"
+            )
     return "\n".join(lines)
 
 
@@ -217,8 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser("serve", help="run the standalone daemon")
-    serve.add_argument("--config", help="config file (default: config/ioserver.toml "
-                       "next to the project, else built-in defaults)")
+    serve.add_argument(
+        "--config",
+        help="config file (default: config/ioserver.toml "
+        "next to the project, else built-in defaults)",
+    )
     serve.add_argument("--socket", help="Unix socket path (overrides the config)")
     serve.add_argument("--tcp", help="also listen on HOST:PORT (needs a token in the config)")
     serve.set_defaults(func=cmd_serve)
@@ -229,11 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
         ("top", cmd_top, "live view of a daemon, refreshed every second"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("address", nargs="?", help="socket path or tcp://host:port "
-                       "(default: the configured socket)")
+        p.add_argument(
+            "address",
+            nargs="?",
+            help="socket path or tcp://host:port (default: the configured socket)",
+        )
         p.add_argument("--config", help="config file to find the default socket in")
-        p.add_argument("--token", default=os.environ.get("IOSERVER_TOKEN"),
-                       help="auth token for TCP (default: $IOSERVER_TOKEN)")
+        p.add_argument(
+            "--token",
+            default=os.environ.get("IOSERVER_TOKEN"),
+            help="auth token for TCP (default: $IOSERVER_TOKEN)",
+        )
         if name == "stats":
             p.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "top":

@@ -140,11 +140,11 @@ class Daemon:
             os.umask(old_umask)
         os.chmod(self.socket_path, 0o600)
         self._servers.append(unix)
-        tcp = self.config.server.tcp
-        if tcp:
-            host, _, port = tcp.rpartition(":")
+        tcp = self.config.server.tcp_address()
+        if tcp is not None:
+            host, port = tcp
             server = await loop.create_server(
-                lambda: Session(self, "tcp"), host or "127.0.0.1", int(port), reuse_address=True
+                lambda: Session(self, "tcp"), host, port, reuse_address=True
             )
             self._servers.append(server)
             name = server.sockets[0].getsockname()
@@ -166,6 +166,7 @@ class Daemon:
 
     def install_signal_handlers(self) -> None:
         """SIGINT and SIGTERM end ``run()`` cleanly (main thread only)."""
+
         def handler(signum: int, frame: object) -> None:
             log.info("ioserver: %s received, stopping", signal.Signals(signum).name)
             self._stop.set()
@@ -195,4 +196,3 @@ class Daemon:
             if session.transport is not None:
                 session.transport.close()
             session.close_all()
-

@@ -39,7 +39,6 @@ import asyncio
 import hmac
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -59,16 +58,6 @@ log = logging.getLogger("ioserver.daemon")
 #: ports pause; below LOW they resume (ZeroMQ's (hwm+1)/2 keeps them apart).
 WRITE_HIGH = 1024 * 1024
 WRITE_LOW = WRITE_HIGH // 2
-
-
-class TimerFired:
-    """What a ``send_after`` timer of a session delivers into the sink."""
-
-    __slots__ = ("message", "timer_id")
-
-    def __init__(self, timer_id: int, message: Any) -> None:
-        self.timer_id = timer_id
-        self.message = message
 
 
 class SessionSink(Channel[Any]):
@@ -152,8 +141,10 @@ class Session(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
         if not self.daemon.add_session(self):
             limit = self.daemon.config.limits.sessions
-            self.notify("error", [0, protocol.error_value(
-                protocol.LIMIT, f"too many sessions: limit sessions={limit}")])
+            error = protocol.error_value(
+                protocol.LIMIT, f"too many sessions: limit sessions={limit}"
+            )
+            self.notify("error", [None, error])
             self._flush()
             transport.close()
             self.closed = True
@@ -227,9 +218,9 @@ class Session(asyncio.Protocol):
 
     def emit(self, value: Any) -> None:
         """Encode one port event (or timer firing) as a notification."""
-        if isinstance(value, TimerFired):
-            self.timers.pop(value.timer_id, None)
-            self.notify("timer", [value.timer_id, value.message])
+        if isinstance(value, protocol.TimerFired):
+            self.timers.pop(value.port, None)
+            self.notify("timer", [value.port, value.message])
             return
         port = value.port
         if port not in self.ids:
@@ -294,7 +285,7 @@ class Session(asyncio.Protocol):
     def _fatal(self, exc: protocol.ProtocolError) -> None:
         """The stream can't be re-synced: say why, then close the connection."""
         log.info("ioserver: session %d: %s; closing it", self.id, exc)
-        self.notify("error", [0, protocol.error_value(exc.code, str(exc))])
+        self.notify("error", [None, exc.to_wire()])
         self._flush()
         if self.transport is not None:
             self.transport.close()
@@ -316,8 +307,9 @@ class Session(asyncio.Protocol):
         self.requests += 1
         msgid, method, params = event.msgid, event.method, event.params
         if not self.authenticated and method != "hello":
-            self.reply_error(msgid, protocol.NOT_ALLOWED,
-                             "authenticate first: call hello(version, token)")
+            self.reply_error(
+                msgid, protocol.NOT_ALLOWED, "authenticate first: call hello(version, token)"
+            )
             if self.kind == "tcp" and self.transport is not None:
                 self._flush()
                 self.transport.close()
@@ -327,8 +319,12 @@ class Session(asyncio.Protocol):
             self.reply_error(msgid, protocol.UNKNOWN_METHOD, f"unknown method {method!r}")
             return
         try:
-            protocol.check_params(method, params)
-            handler(msgid, *params)
+            checked = protocol.check_params(method, params)
+        except protocol.RpcError as exc:
+            self.reply_error(msgid, exc.code, str(exc), exc.details)
+            return
+        try:
+            handler(msgid, *checked)
         except NoSuchPort as exc:
             self.reply_error(msgid, protocol.NO_SUCH_PORT, f"no such port: {exc.args[0]!r}")
         except LimitExceeded as exc:
@@ -345,8 +341,13 @@ class Session(asyncio.Protocol):
         try:
             port = self.port(port_id)
         except NoSuchPort:
-            self.notify("error", [port_id, protocol.error_value(
-                protocol.NO_SUCH_PORT, f"no such port: {port_id!r}")])
+            self.notify(
+                "error",
+                [
+                    port_id,
+                    protocol.error_value(protocol.NO_SUCH_PORT, f"no such port: {port_id!r}"),
+                ],
+            )
             return
         driver = port._driver
         if driver is None or port._closed:
@@ -368,9 +369,12 @@ class Session(asyncio.Protocol):
 
     def rpc_hello(self, msgid: int, version: int, token: Any = None) -> None:
         if version != protocol.PROTOCOL_VERSION:
-            self.reply_error(msgid, protocol.PROTOCOL_VERSION_ERROR,
-                             f"protocol version {version} not supported; "
-                             f"this server speaks {protocol.PROTOCOL_VERSION}")
+            self.reply_error(
+                msgid,
+                protocol.PROTOCOL_VERSION_ERROR,
+                f"protocol version {version} not supported; "
+                f"this server speaks {protocol.PROTOCOL_VERSION}",
+            )
             return
         expected = self.daemon.config.server.token
         if expected:
@@ -385,8 +389,10 @@ class Session(asyncio.Protocol):
             self.reply_error(msgid, protocol.NOT_ALLOWED, "no token configured")
             return
         self.authenticated = True
-        self.reply(msgid, {"version": protocol.PROTOCOL_VERSION, "server": "ioserver",
-                           "session_id": self.id})
+        self.reply(
+            msgid,
+            {"version": protocol.PROTOCOL_VERSION, "server": "ioserver", "session_id": self.id},
+        )
 
     def rpc_ping(self, msgid: int) -> None:
         self.reply(msgid, "pong")
@@ -427,14 +433,12 @@ class Session(asyncio.Protocol):
             port._driver.read_one()
         self.reply(msgid, None)
 
-    def rpc_send_after(self, msgid: int, delay: Any, message: Any) -> None:
-        if not isinstance(delay, int | float) or delay < 0:
-            raise ValueError(f"delay must be a number >= 0, not {delay!r}")
+    def rpc_send_after(self, msgid: int, delay: float, message: Any) -> None:
         self._check_port_limit()
         timer_id = self.next_id
         self.next_id += 1
-        self.timers[timer_id] = self.io.send_after(
-            float(delay), self.sink, TimerFired(timer_id, message))
+        fired = protocol.TimerFired(timer_id, message)
+        self.timers[timer_id] = self.io.send_after(delay, self.sink, fired)
         self.reply(msgid, timer_id)
 
     def rpc_cancel_timer(self, msgid: int, timer_id: Any) -> None:
@@ -445,8 +449,13 @@ class Session(asyncio.Protocol):
         self._open(msgid, lambda o: self.io.connect_tcp(host, port, **o), opts, (), None)
 
     def rpc_listen_tcp(self, msgid: int, host: Any, port: Any, opts: Any = None) -> None:
-        self._open(msgid, lambda o: self.io.listen_tcp(host, port, **o), opts, ("backlog",),
-                   lambda p: [p.address[0], p.address[1]])
+        self._open(
+            msgid,
+            lambda o: self.io.listen_tcp(host, port, **o),
+            opts,
+            ("backlog",),
+            lambda p: [p.address[0], p.address[1]],
+        )
 
     def rpc_connect_unix(self, msgid: int, path: Any, opts: Any = None) -> None:
         self._open(msgid, lambda o: self.io.connect_unix(path, **o), opts, (), None)
@@ -455,30 +464,31 @@ class Session(asyncio.Protocol):
         self._open(msgid, lambda o: self.io.listen_unix(path, **o), opts, ("backlog",), None)
 
     def rpc_open_udp(self, msgid: int, host: Any, port: Any, opts: Any = None) -> None:
-        def open_udp(o: dict[str, Any]) -> Port:
-            remote = (o.pop("remote_host", None), o.pop("remote_port", None))
-            if remote[0] is not None:
-                o["remote_addr"] = remote
-            return self.io.open_udp((host, port), **o)
+        self._open(
+            msgid,
+            lambda o: self.io.open_udp((host, port), **o),
+            opts,
+            ("remote_addr",),
+            lambda p: [p.address[0], p.address[1]],
+        )
 
-        self._open(msgid, open_udp, opts, ("remote_host", "remote_port"),
-                   lambda p: [p.address[0], p.address[1]])
+    def rpc_spawn(self, msgid: int, argv: list[str], opts: Any = None) -> None:
+        argv = [self._check_spawn_allowed(argv[0]), *argv[1:]]
+        if opts and "stderr" in opts and opts["stderr"] is None:
+            opts = {k: v for k, v in opts.items() if k != "stderr"}  # nil: kept apart
+        self._open(
+            msgid,
+            lambda o: self.io.spawn(argv, **o),
+            opts,
+            ("cwd", "env", "stderr"),
+            lambda p: p.info_extra.get("pid"),
+        )
 
-    def rpc_spawn(self, msgid: int, argv: Any, opts: Any = None) -> None:
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise ValueError("argv must be a non-empty list of strings")
-        self._check_spawn_allowed(argv[0])
-        self._open(msgid, lambda o: self.io.spawn(argv, **o), opts, ("cwd", "env", "stderr"),
-                   lambda p: p.info_extra.get("pid"))
-
-    def rpc_interval(self, msgid: int, period: Any, opts: Any = None) -> None:
-        if not isinstance(period, int | float) or period <= 0:
-            raise ValueError(f"period must be a number > 0, not {period!r}")
-        self._open(msgid, lambda o: self.io.interval(float(period), **o), opts, (), None)
+    def rpc_interval(self, msgid: int, period: float, opts: Any = None) -> None:
+        self._open(msgid, lambda o: self.io.interval(period, **o), opts, (), None)
 
     def rpc_open_file(self, msgid: int, path: Any, mode: Any = "rb", opts: Any = None) -> None:
-        self._open(msgid, lambda o: self.io.open_file(path, mode, **o), opts, ("chunk_size",),
-                   None)
+        self._open(msgid, lambda o: self.io.open_file(path, mode, **o), opts, ("chunk_size",), None)
 
     # -- opening ports ---------------------------------------------------------------------
 
@@ -487,15 +497,15 @@ class Session(asyncio.Protocol):
         if len(self.ports) + len(self.timers) + self.opening >= limit:
             raise LimitExceeded(f"too many ports: limit ports_per_session={limit}")
 
-    def _check_spawn_allowed(self, program: str) -> None:
-        allow = self.daemon.config.spawn.allow
-        if not allow:
+    def _check_spawn_allowed(self, program: str) -> str:
+        """The absolute path to run for ``program``, if the config allows it."""
+        spawn = self.daemon.config.spawn
+        if not spawn.enabled:
             raise NotAllowed("spawn is disabled: the daemon's config has no [spawn] allow list")
-        wanted = shutil.which(program) or program
-        for entry in allow:
-            if program == entry or wanted == (shutil.which(entry) or entry):
-                return
-        raise NotAllowed(f"spawn of {program!r} is not allowed by the config's [spawn] allow")
+        path = spawn.resolve(program)
+        if path is None:
+            raise NotAllowed(f"spawn of {program!r} is not allowed by the config's [spawn] allow")
+        return path
 
     def _open(
         self,
@@ -518,8 +528,9 @@ class Session(asyncio.Protocol):
             exc = fut.exception()
             if exc is not None:
                 if isinstance(exc, OSError):
-                    self.reply_error(msgid, protocol.OS_ERROR, str(exc),
-                                     protocol.os_error_details(exc))
+                    self.reply_error(
+                        msgid, protocol.OS_ERROR, str(exc), protocol.os_error_details(exc)
+                    )
                 elif isinstance(exc, TypeError | ValueError):
                     self.reply_error(msgid, protocol.INVALID_PARAMS, str(exc))
                 else:
@@ -548,7 +559,7 @@ class NotAllowed(Exception):
     """The config forbids this request (spawn not allowed, auth missing)."""
 
 
-_OPTION_KEYS = ("packet", "active", "high_water", "max_frame_bytes")
+_OPTION_KEYS = ("packet", "active", "high_water", "max_frame_bytes", "timeout")
 
 
 def _port_options(opts: Any, extra_keys: tuple[str, ...], limits: Any) -> dict[str, Any]:
@@ -566,14 +577,12 @@ def _port_options(opts: Any, extra_keys: tuple[str, ...], limits: Any) -> dict[s
     options["max_frame_bytes"] = min(int(options.get("max_frame_bytes", max_frame)), max_frame)
     high_water = options.get("high_water", limits.pending_bytes)
     options["high_water"] = min(int(high_water), limits.pending_bytes)
-    if "env" in options and options["env"] is not None:
-        env = options["env"]
-        if not isinstance(env, dict):
-            raise ValueError("env must be a map of strings")
-        options["env"] = {**os.environ, **{str(k): str(v) for k, v in env.items()}}
+    if options.get("env") is not None:
+        options["env"] = {**os.environ, **options["env"]}
+    if options.get("remote_addr") is not None:
+        options["remote_addr"] = tuple(options["remote_addr"])
     return options
 
 
 def _addr(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
-
