@@ -7,6 +7,8 @@ Usage (from the repository root)::
     .venv/bin/python scripts/bench.py channels --quick     # 3 rounds, N=100000, about 30 s
     .venv/bin/python scripts/bench.py channels --only spsc,round_trip --rounds 3
     .venv/bin/python scripts/bench.py channels --json results.json
+    .venv/bin/python scripts/bench.py io                   # 7 rounds, about 4 minutes
+    .venv/bin/python scripts/bench.py io --quick           # 3 rounds, about 1 minute
 
 What each workload does, with its sizes, is in docs/benchmarks.md.
 
@@ -16,6 +18,11 @@ contender once, in an order rotated by r. Each run returns the seconds its timed
 Reported: the median over rounds of the metric (msgs/s, or µs per operation), the
 contender/baseline ratio of each round, and the median of those ratios. Ratios are always
 "contender metric / baseline metric": for msgs/s higher is better, for µs lower is better.
+A workload may also name ``versus`` contenders: each row then gets the median of its
+per-round ratios to those too (shown in its note; targets can check them). A run may return
+``(seconds, extras)``: the extras (e.g. pipe writes per 100k requests) are kept per round
+and their medians shown in the note. With ``direct=True`` a run returns the metric itself
+(round trips/s over a fixed duration) instead of seconds.
 
 Robustness: every loop is bounded by N; worker threads are daemons joined with a timeout;
 a contender that raises or hangs is reported as "error: ..." or "timeout" in its cell and
@@ -24,7 +31,7 @@ is skipped for the remaining rounds, and the suite goes on.
 Progress goes to stderr (one line per round of a workload), results to stdout: a machine
 line first, then the table, then the targets block.
 
-Adding a suite (``io`` and ``daemon`` are to come): write ``def run_x(cfg: Config) ->
+Adding a suite (``daemon`` is to come): write ``def run_x(cfg: Config) ->
 list[Row]`` (usually a few ``measure(...)`` calls), decorate it with ``@suite("x", "help",
 targets=[...])``, and it becomes the subcommand ``x``. Honour ``cfg.only`` (workload names)
 and ``cfg.contender`` (a substring filter) so a profiler can run one loop alone, e.g.::
@@ -38,23 +45,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
 import gc
 import importlib.metadata
 import json
 import os
 import platform
 import queue
+import resource
+import selectors
+import socket
 import statistics
 import subprocess
 import sys
 import threading
+import tracemalloc
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from itertools import repeat
 from pathlib import Path
-from time import perf_counter
+from select import select as select_fds
+from time import perf_counter, sleep
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +105,8 @@ class Row:
     ratios: list[float] = field(default_factory=list)
     status: str = "ok"  # "ok", "timeout", "error: ...", "skipped"
     note: str = ""
+    vs: dict[str, list[float]] = field(default_factory=dict)  # per-round ratios to others
+    extras: dict[str, list[float]] = field(default_factory=dict)  # per-round side metrics
 
     @property
     def median(self) -> float | None:
@@ -105,6 +120,14 @@ class Row:
     def is_baseline(self) -> bool:
         return self.contender == self.baseline
 
+    def ratio_to(self, other: str) -> float | None:
+        got = self.vs.get(other)
+        return statistics.median(got) if got else None
+
+    def extra(self, name: str) -> float | None:
+        got = self.extras.get(name)
+        return statistics.median(got) if got else None
+
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["median"] = self.median
@@ -114,23 +137,38 @@ class Row:
 
 @dataclass(frozen=True)
 class Target:
-    """A goal on a median ratio: ``workload``/``contender`` ratio ``op`` ``bound``."""
+    """A goal: ``workload``/``contender`` ``metric`` ``op`` ``bound``.
+
+    ``metric`` "ratio" is the median ratio to the baseline, or to ``versus`` if given;
+    "value" is the median of the metric itself (in the row's unit); any other name is the
+    median of that per-round extra (e.g. "pipe writes/100k").
+    """
 
     workload: str
     contender: str
     op: str  # ">=" or "<="
     bound: float
     label: str
+    versus: str | None = None
+    metric: str = "ratio"
 
     def check(self, rows: Sequence[Row]) -> tuple[str, str]:
         """("PASS" | "MISS", what was measured)."""
         for row in rows:
             if row.workload == self.workload and row.contender == self.contender:
-                r = row.ratio
+                if self.metric == "ratio":
+                    r = row.ratio if self.versus is None else row.ratio_to(self.versus)
+                    shown = "" if r is None else f"{r:.2f}x"
+                elif self.metric == "value":
+                    r = row.median
+                    shown = "" if r is None else f"{fmt_value(r, row.unit)} {row.unit}"
+                else:
+                    r = row.extra(self.metric)
+                    shown = "" if r is None else f"{r:.1f} {self.metric}"
                 if r is None:
-                    return "MISS", f"no ratio ({row.status})"
+                    return "MISS", f"nothing measured ({row.status})"
                 ok = r >= self.bound if self.op == ">=" else r <= self.bound
-                return ("PASS" if ok else "MISS"), f"{r:.2f}x"
+                return ("PASS" if ok else "MISS"), shown
         return "n/a ", "not run"
 
 
@@ -200,20 +238,30 @@ def run_threads(funcs: Sequence[Callable[[], object]], timeout: float) -> None:
             raise errors[0]
 
 
+#: What a run returns: the timed seconds (or, with ``measure(direct=True)``, the metric),
+#: optionally with per-run side metrics (name -> value).
+RunResult = float | tuple[float, dict[str, float]]
+
+
 @dataclass
 class Contender:
-    """``run(n)`` performs the workload once with size ``n`` and returns the timed seconds."""
+    """``run(n)`` performs the workload once with size ``n`` and returns the timed seconds
+    (see RunResult)."""
 
     name: str
-    run: Callable[[int], float]
+    run: Callable[[int], RunResult]
     note: str = ""
 
 
 def fmt_value(v: float | None, unit: str) -> str:
     if v is None:
         return "-"
-    if unit == "msgs/s":
-        return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k"
+    if unit.endswith("/s"):
+        return (
+            f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.1f}k" if v < 1e4 else f"{v / 1e3:.0f}k"
+        )
+    if unit.startswith("B/"):
+        return f"{v:.0f}"
     return f"{v:.2f}" if v < 10 else f"{v:.1f}"
 
 
@@ -225,29 +273,37 @@ def measure(
     n: int,
     unit: str,
     baseline: str,
+    versus: Sequence[str] = (),
+    direct: bool = False,
 ) -> list[Row]:
     """Warm up, then run every contender once per round in rotated order; return rows.
 
-    ``unit`` "msgs/s" turns seconds into n / seconds; a "µs/..." unit into µs per op.
+    ``unit`` "msgs/s" turns seconds into n / seconds; a "µs/..." unit into µs per op;
+    with ``direct`` the run returns the metric itself. ``versus``: contenders every row
+    is also compared with (per-round ratios, medians in the note).
     """
     if cfg.contender:
-        contenders = [c for c in contenders if cfg.contender in c.name or c.name == baseline]
+        keep = {baseline, *versus}
+        contenders = [c for c in contenders if cfg.contender in c.name or c.name in keep]
     rows = {c.name: Row(workload, c.name, unit, baseline, note=c.note) for c in contenders}
 
-    def one(c: Contender, size: int) -> float | None:
+    def one(c: Contender, size: int) -> tuple[float, dict[str, float]] | None:
         row = rows[c.name]
         if row.status != "ok":
             return None
         gc.collect()
         try:
-            seconds = c.run(size)
+            got = c.run(size)
         except RunTimeout:
             row.status = "timeout"
             return None
         except Exception as exc:
             row.status = f"error: {type(exc).__name__}: {exc}"[:60]
             return None
-        return size / seconds if unit == "msgs/s" else seconds / size * 1e6
+        seconds, extras = got if isinstance(got, tuple) else (got, {})
+        if direct:
+            return seconds, extras
+        return (size / seconds if unit == "msgs/s" else seconds / size * 1e6), extras
 
     warm = max(n // 20, 50)
     for c in contenders:
@@ -257,19 +313,36 @@ def measure(
         order = list(contenders[k:]) + list(contenders[:k])
         got: dict[str, float] = {}
         for c in order:
-            v = one(c, n)
-            if v is not None:
-                got[c.name] = v
-                rows[c.name].values.append(v)
+            res = one(c, n)
+            if res is not None:
+                got[c.name] = res[0]
+                rows[c.name].values.append(res[0])
+                for key, x in res[1].items():
+                    rows[c.name].extras.setdefault(key, []).append(x)
         base = got.get(baseline)
         if base is not None:
             for name, v in got.items():
                 rows[name].ratios.append(v / base)
+        for other in versus:
+            ref = got.get(other)
+            if ref is not None:
+                for name, v in got.items():
+                    if name != other:
+                        rows[name].vs.setdefault(other, []).append(v / ref)
         shown = ", ".join(
             f"{c.name} {fmt_value(got.get(c.name), unit) if c.name in got else rows[c.name].status}"
             for c in contenders
         )
         progress(f"  {workload} round {r + 1}/{cfg.rounds} ({unit}): {shown}")
+    for row in rows.values():
+        notes = [row.note] if row.note else []
+        for key, xs in row.extras.items():
+            notes.append(f"{key}: {statistics.median(xs):.1f} (max {max(xs):.0f})")
+        for other in versus:
+            ratio = row.ratio_to(other)
+            if ratio is not None and not row.is_baseline:
+                notes.append(f"{ratio:.2f}x {other}")
+        row.note = "; ".join(notes)
     return list(rows.values())
 
 
@@ -410,15 +483,20 @@ class DequeCondition:
 
 
 class LoopThread:
-    """A uvloop (else asyncio) event loop running forever in a daemon thread."""
+    """A uvloop (else asyncio) event loop running forever in a daemon thread;
+    ``kind="asyncio"``: plain asyncio's selector loop."""
 
-    def __init__(self) -> None:
-        try:
-            import uvloop
+    def __init__(self, kind: str = "uvloop") -> None:
+        self.loop: asyncio.AbstractEventLoop
+        if kind == "asyncio":
+            self.loop = asyncio.SelectorEventLoop()
+        else:
+            try:
+                import uvloop
 
-            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        except ImportError:
-            self.loop = asyncio.new_event_loop()
+                self.loop = uvloop.new_event_loop()
+            except ImportError:
+                self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._main, daemon=True, name="bench-loop")
         self.thread.start()
 
@@ -945,6 +1023,777 @@ def run_channels(cfg: Config) -> list[Row]:
             ),
         ]
         rows += measure(cfg, "round_trip", contenders, n=trips, unit="µs/rt", baseline="Lock")
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# io: submission from threads into the loop thread (submit_1t, submit_2t)
+
+
+def _last_call_clock(total: int) -> tuple[Callable[[], None], threading.Event, list[float]]:
+    """A no-op to run on the loop thread: the ``total``-th call records the time and sets
+    the event. Only the loop thread calls it, so the count needs no lock."""
+    left = total
+    done = threading.Event()
+    ends: list[float] = []
+
+    def tick() -> None:
+        nonlocal left
+        left -= 1
+        if not left:
+            ends.append(perf_counter())
+            done.set()
+
+    return tick, done, ends
+
+
+def submit_run(kind: str, producers: int, n: int, timeout: float) -> RunResult:
+    """``producers`` threads submit n no-op requests in all into a loop thread; timed from
+    the first producer past the barrier to the loop running the last request.
+
+    ``kind``: "uvloop" or "asyncio" (``loop.call_soon_threadsafe(tick)``), "janus"
+    (``sync_q.put(tick)``; a coroutine on uvloop awaits ``async_q.get()`` and calls it),
+    "ioserver" (``io.call_soon(tick)``; also returns pipe writes per 100k requests).
+    """
+    per = max(n // producers, 1)
+    total = per * producers
+    tick, done, ends = _last_call_clock(total)
+    cleanup: list[Callable[[], object]] = []
+    stats0: dict[str, Any] = {}
+    io: Any = None
+    try:
+        if kind in ("uvloop", "asyncio"):
+            lt = LoopThread(kind)
+            cleanup.append(lt.stop)
+            submit: Callable[[Callable[[], None]], Any] = lt.loop.call_soon_threadsafe
+        elif kind == "janus":
+            import janus
+
+            lt = LoopThread()
+            cleanup.append(lt.stop)
+
+            async def make() -> Any:
+                return janus.Queue()
+
+            q: Any = lt.call(make(), timeout)
+
+            async def consume() -> None:
+                get = q.async_q.get
+                for _ in range(total):
+                    (await get())()
+
+            fut = lt.submit(consume())
+            cleanup.insert(0, fut.cancel)
+            submit = q.sync_q.put
+        else:
+            from ioserver.server import IOServer
+
+            io = IOServer().start()
+            cleanup.append(io.stop)
+            stats0 = io.stats()
+            submit = io.call_soon
+        barrier = threading.Barrier(producers)
+        starts: list[float] = []
+
+        def producer() -> None:
+            barrier.wait(timeout)
+            starts.append(perf_counter())
+            for _ in repeat(None, per):
+                submit(tick)
+
+        t0 = perf_counter()
+        run_threads([producer] * producers, timeout)
+        if not done.wait(max(0.0, timeout - (perf_counter() - t0))):
+            raise RunTimeout
+        seconds = (ends[0] - min(starts)) * n / total
+        if io is None:
+            return seconds
+        writes = io.stats()["pipe_writes"] - stats0["pipe_writes"]
+        return seconds, {"pipe writes/100k": writes * 1e5 / total}
+    finally:
+        for f in cleanup:
+            f()
+
+
+def submit_contenders(producers: int, timeout: float) -> list[Contender]:
+    def c(name: str, kind: str, note: str) -> Contender:
+        return Contender(name, partial(submit_run, kind, producers, timeout=timeout), note)
+
+    return [
+        c("uvloop call_soon_threadsafe", "uvloop", "loop.call_soon_threadsafe(noop)"),
+        c("asyncio call_soon_threadsafe", "asyncio", "same, plain asyncio selector loop"),
+        c("janus", "janus", "sync_q.put(noop) -> await async_q.get() on uvloop"),
+        c("io.call_soon", "ioserver", "ioserver IOServer().call_soon(noop)"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# io: round trip thread -> loop -> thread, one outstanding (call_rt)
+
+
+def noop() -> None:
+    pass
+
+
+async def anoop() -> None:
+    pass
+
+
+def timed_in_thread(body: Callable[[], float], timeout: float) -> float:
+    """Run ``body`` (which returns its own timed seconds) in a daemon thread."""
+    elapsed: list[float] = []
+    run_threads([lambda: elapsed.append(body())], timeout)
+    return elapsed[0]
+
+
+def rt_run(kind: str, n: int, timeout: float) -> float:
+    """n round trips from a client thread through a loop thread and back."""
+    if kind == "anyio":
+        from anyio.from_thread import start_blocking_portal
+
+        def portal_body() -> float:
+            with start_blocking_portal("asyncio", {"use_uvloop": True}) as portal:
+                call = portal.call
+                t0 = perf_counter()
+                for _ in range(n):
+                    call(noop)
+                return perf_counter() - t0
+
+        return timed_in_thread(portal_body, timeout)
+    if kind == "ioserver":
+        from ioserver.server import IOServer
+
+        io = IOServer().start()
+        try:
+
+            def io_body() -> float:
+                call = io.call
+                t0 = perf_counter()
+                for _ in range(n):
+                    call(noop)
+                return perf_counter() - t0
+
+            return timed_in_thread(io_body, timeout)
+        finally:
+            io.stop()
+    lt = LoopThread()
+    loop = lt.loop
+    try:
+        if kind == "cst+lock":
+
+            def body() -> float:
+                lock = threading.Lock()
+                lock.acquire()
+                cst, release, acquire = loop.call_soon_threadsafe, lock.release, lock.acquire
+                t0 = perf_counter()
+                for _ in range(n):
+                    cst(release)
+                    acquire()
+                return perf_counter() - t0
+
+        else:  # run_coroutine_threadsafe
+
+            def body() -> float:
+                rcts = asyncio.run_coroutine_threadsafe
+                t0 = perf_counter()
+                for _ in range(n):
+                    rcts(anoop(), loop).result()
+                return perf_counter() - t0
+
+        return timed_in_thread(body, timeout)
+    finally:
+        lt.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# io: TCP echo, 100 connections, 64-byte ping-pong (tcp_echo)
+
+ECHO_CONNS = 100
+ECHO_MSG = b"x" * 64
+ECHO_HOST = "127.0.0.1"
+ECHO_STALL = 5.0  # seconds without a reply before a client gives up (an error, not a hang)
+
+
+class EchoServer:
+    """A plain asyncio Protocol echo server on a uvloop loop in its own thread."""
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(data)
+
+    def __init__(self, timeout: float) -> None:
+        self.lt = LoopThread()
+
+        async def start() -> Any:
+            return await asyncio.get_running_loop().create_server(
+                self.Echo, ECHO_HOST, 0, backlog=1024
+            )
+
+        self.server = self.lt.call(start(), timeout)
+        self.port: int = self.server.sockets[0].getsockname()[1]
+
+    def stop(self) -> None:
+        self.lt.loop.call_soon_threadsafe(self.server.close)
+        self.lt.stop()
+
+
+def _echo_sockets(port: int) -> list[socket.socket]:
+    socks = []
+    try:
+        for _ in range(ECHO_CONNS):
+            s = socket.create_connection((ECHO_HOST, port), timeout=ECHO_STALL)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socks.append(s)
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+def echo_threads(port: int, ms: int, timeout: float) -> float:
+    """100 threads, each a blocking socket doing sendall + recv until 64 bytes."""
+    socks = _echo_sockets(port)
+    duration = ms / 1000
+    clock: list[float] = []
+    barrier = threading.Barrier(ECHO_CONNS, action=lambda: clock.append(perf_counter()))
+    counts = [0] * ECHO_CONNS
+    ends: list[float] = []
+
+    def client(i: int) -> None:
+        s = socks[i]
+        sendall, recv = s.sendall, s.recv
+        barrier.wait(timeout)
+        stop = clock[0] + duration
+        k = 0
+        while perf_counter() < stop:
+            sendall(ECHO_MSG)
+            got = 0
+            while got < 64:
+                chunk = recv(64 - got)  # bounded by the socket timeout
+                if not chunk:
+                    raise ConnectionError("echo server closed the connection")
+                got += len(chunk)
+            k += 1
+        counts[i] = k
+        ends.append(perf_counter())
+
+    try:
+        run_threads([partial(client, i) for i in range(ECHO_CONNS)], timeout)
+    finally:
+        for s in socks:
+            s.close()
+    return sum(counts) / (max(ends) - clock[0])
+
+
+def echo_selectors(port: int, ms: int, timeout: float) -> float:
+    """One thread, 100 non-blocking sockets in a ``selectors.DefaultSelector``."""
+    socks = _echo_sockets(port)
+
+    def body() -> float:
+        sel = selectors.DefaultSelector()
+        try:
+            for s in socks:
+                s.setblocking(False)
+                sel.register(s, selectors.EVENT_READ, [0])
+            n = 0
+            t0 = perf_counter()
+            stop = t0 + ms / 1000
+            for s in socks:
+                s.send(ECHO_MSG)
+            while perf_counter() < stop:
+                events = sel.select(ECHO_STALL)
+                if not events:
+                    raise TimeoutError("no reply for 5 s")
+                for key, _ in events:
+                    s = key.fileobj  # type: ignore[assignment]
+                    data = s.recv(4096)
+                    if not data:
+                        raise ConnectionError("echo server closed the connection")
+                    got = key.data[0] + len(data)
+                    while got >= 64:
+                        got -= 64
+                        n += 1
+                        s.send(ECHO_MSG)
+                    key.data[0] = got
+            return n / (perf_counter() - t0)
+        finally:
+            sel.close()
+
+    try:
+        rate: list[float] = []
+        run_threads([lambda: rate.append(body())], timeout)
+        return rate[0]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def echo_ports(use_select: bool, port: int, ms: int, timeout: float) -> float:
+    """One thread and 100 ioserver TCP ports: all delivering into one shared
+    ``inbox=Channel(1024)`` (``inbox.recv()``), or each into its own inbox with
+    ``select(*ports)``. Sends are ``port.send`` (fire-and-forget write commands)."""
+    from ioserver import Channel, select
+    from ioserver.messages import Data
+    from ioserver.server import IOServer
+
+    io = IOServer().start()
+    try:
+        inbox: Channel[Any] = Channel(1024)
+        if use_select:
+            ports = [io.connect_tcp(ECHO_HOST, port) for _ in range(ECHO_CONNS)]
+        else:
+            ports = [io.connect_tcp(ECHO_HOST, port, inbox=inbox) for _ in range(ECHO_CONNS)]
+
+        def body() -> float:
+            pending = dict.fromkeys(ports, 0)
+            recv = inbox.recv
+            n = 0
+            t0 = perf_counter()
+            stop = t0 + ms / 1000
+            for p in ports:
+                p.send(ECHO_MSG)
+            while True:
+                if use_select:
+                    _, msg = select(*ports, timeout=ECHO_STALL)
+                else:
+                    msg = recv(ECHO_STALL)
+                if type(msg) is not Data:
+                    raise ConnectionError(f"unexpected {msg!r}")
+                p = msg.port
+                got = pending[p] + len(msg.data)
+                while got >= 64:
+                    got -= 64
+                    n += 1
+                    p.send(ECHO_MSG)
+                pending[p] = got
+                if not n & 255 and perf_counter() > stop:
+                    return n / (perf_counter() - t0)
+
+        rate: list[float] = []
+        run_threads([lambda: rate.append(body())], timeout)
+        return rate[0]
+    finally:
+        io.stop()
+
+
+def echo_uvloop(port: int, ms: int, timeout: float) -> float:
+    """The bound: 100 asyncio Protocol clients on a uvloop loop in their own thread."""
+
+    def body() -> float:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+        try:
+            return loop.run_until_complete(_echo_uvloop_main(port, ms / 1000))
+        finally:
+            loop.close()
+
+    rate: list[float] = []
+    run_threads([lambda: rate.append(body())], timeout)
+    return rate[0]
+
+
+async def _echo_uvloop_main(port: int, duration: float) -> float:
+    loop = asyncio.get_running_loop()
+    count = 0
+    stop = float("inf")
+
+    class Client(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport: Any = transport
+            self.got = 0
+
+        def data_received(self, data: bytes) -> None:
+            nonlocal count
+            self.got += len(data)
+            while self.got >= 64:
+                self.got -= 64
+                count += 1
+                if perf_counter() < stop:
+                    self.transport.write(ECHO_MSG)
+
+    transports = []
+    try:
+        for _ in range(ECHO_CONNS):
+            t, _ = await asyncio.wait_for(
+                loop.create_connection(Client, ECHO_HOST, port), ECHO_STALL
+            )
+            transports.append(t)
+        t0 = perf_counter()
+        stop = t0 + duration
+        for t in transports:
+            t.write(ECHO_MSG)
+        await asyncio.sleep(duration)
+        return count / (perf_counter() - t0)
+    finally:
+        for t in transports:
+            t.close()
+
+
+# ---------------------------------------------------------------------------------------
+# io: 10,000 idle TCP ports on one IOServer (idle_ports)
+
+IDLE_PORTS = 10_000
+IDLE_SECONDS = 3.0
+IDLE_OPENERS = 4  # client threads opening ports concurrently (only to open them faster)
+IDLE_CHUNK = 500  # connections the peer makes before waiting for them to be accepted
+
+# The far ends of the idle connections live in a child process, so that neither their
+# memory nor their file descriptors count in ours. Commands on stdin, one a line:
+# "accept K" (accept K more on its listener, whose port it prints first) or "connect PORT K";
+# it answers "ok TOTAL"; at EOF it exits, closing everything.
+PEER_SCRIPT = r"""
+import socket, sys
+srv = socket.create_server(("127.0.0.1", 0), backlog=4096)
+srv.settimeout(30)
+print(srv.getsockname()[1], flush=True)
+socks = []
+for line in sys.stdin:
+    cmd = line.split()
+    if cmd[0] == "accept":
+        for _ in range(int(cmd[1])):
+            socks.append(srv.accept()[0])
+    else:
+        for _ in range(int(cmd[2])):
+            socks.append(socket.create_connection(("127.0.0.1", int(cmd[1])), timeout=30))
+    print("ok", len(socks), flush=True)
+"""
+
+
+class Peer:
+    """The child process holding the far ends (see PEER_SCRIPT)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PEER_SCRIPT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.port = int(self.readline())
+
+    def readline(self) -> str:
+        assert self.proc.stdout is not None
+        ready, _, _ = select_fds([self.proc.stdout], [], [], self.timeout)
+        if not ready:
+            raise RunTimeout
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"peer process exited ({self.proc.poll()})")
+        return line.strip()
+
+    def command(self, *words: object) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(" ".join(map(str, words)) + "\n")
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def raise_nofile(needed: int) -> str | None:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; why we cannot have ``needed``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        return f"RLIMIT_NOFILE hard limit {hard} < {needed} fds needed (per process)"
+    return None
+
+
+def _traced_now() -> int:
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+def idle_ports_run(count: int, timeout: float) -> dict[str, float]:
+    """One IOServer: open ``count`` client ports to the peer (4 opener threads), then
+    ``count`` accepted ports from the peer; Python memory per port (tracemalloc) of each
+    kind, and the process CPU over IDLE_SECONDS with the client ports open and idle.
+    Ports have their own inboxes and default options."""
+    from ioserver.server import IOServer
+
+    io = IOServer().start()
+    peer = Peer(timeout)
+    try:
+        # Client ports: io.connect_tcp to the peer's listener.
+        peer.command("accept", count)
+        per = count // IDLE_OPENERS
+        opened: list[list[Any]] = [[] for _ in range(IDLE_OPENERS)]
+
+        def opener(out: list[Any]) -> None:
+            connect = io.connect_tcp
+            for _ in range(per):
+                out.append(connect("127.0.0.1", peer.port))
+
+        tracemalloc.start()
+        try:
+            before = _traced_now()
+            run_threads([partial(opener, out) for out in opened], timeout)
+            client_bytes = (_traced_now() - before) / (per * IDLE_OPENERS)
+        finally:
+            tracemalloc.stop()
+        peer.readline()
+        # Idle CPU: every thread of the process, the I/O thread with its ports included.
+        gc.collect()
+        r0, w0 = resource.getrusage(resource.RUSAGE_SELF), perf_counter()
+        sleep(IDLE_SECONDS)
+        r1, w1 = resource.getrusage(resource.RUSAGE_SELF), perf_counter()
+        cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+        idle_cpu = 100 * cpu / (w1 - w0)
+        if io.stats()["open_ports"] != count:
+            raise RuntimeError(f"{io.stats()['open_ports']} ports open, not {count}")
+        for out in opened:
+            for p in out:
+                p.close()
+        opened.clear()
+        peer.close()
+
+        # Accepted ports: the peer connects to io.listen_tcp, in chunks below the backlog
+        # (an overflowing accept queue stalls connections for seconds of SYN-ACK retries).
+        peer = Peer(timeout)
+        listener = io.listen_tcp("127.0.0.1", 0, backlog=1024)
+        accepted: list[Any] = []
+        tracemalloc.start()
+        try:
+            before = _traced_now()
+            while len(accepted) < count:
+                k = min(IDLE_CHUNK, count - len(accepted))
+                peer.command("connect", listener.address[1], k)
+                for _ in range(k):
+                    msg: Any = listener.recv(timeout)
+                    accepted.append(msg.conn)
+                peer.readline()
+            accepted_bytes = (_traced_now() - before) / count
+        finally:
+            tracemalloc.stop()
+        return {
+            "client ports": client_bytes,
+            "accepted ports": accepted_bytes,
+            "idle CPU": idle_cpu,
+        }
+    finally:
+        peer.close()
+        io.stop(timeout=10)
+
+
+def run_idle_ports(cfg: Config) -> list[Row]:
+    """Not a race between contenders: absolute numbers, checked against fixed bounds."""
+    count = IDLE_PORTS
+    units = {"client ports": "B/port", "accepted ports": "B/port", "idle CPU": "% core"}
+    notes = {
+        "client ports": f"{count} io.connect_tcp ports, own inboxes; peer in a child process",
+        "accepted ports": f"{count} ports accepted by io.listen_tcp; peer in a child process",
+        "idle CPU": f"process CPU / wall over {IDLE_SECONDS:.0f} s with {count} idle ports",
+    }
+    rows = {k: Row("idle_ports", k, u, baseline="", note=notes[k]) for k, u in units.items()}
+    rounds = min(cfg.rounds, 1 if cfg.quick else 3)
+    progress(
+        f"idle_ports: {count} idle TCP ports on one IOServer (client, then accepted), "
+        f"{rounds} round(s)"
+    )
+    why = raise_nofile(count + 256)
+    if why is not None:
+        progress(f"  idle_ports skipped: {why}")
+        for row in rows.values():
+            row.status = f"skipped: {why}"
+        return list(rows.values())
+    try:
+        idle_ports_run(200, cfg.timeout)  # warm-up: imports, first-use allocations
+    except Exception as exc:
+        progress(f"  idle_ports warm-up failed: {type(exc).__name__}: {exc}")
+    for r in range(rounds):
+        try:
+            got = idle_ports_run(count, cfg.timeout * 2)
+        except RunTimeout:
+            for row in rows.values():
+                row.status = "timeout"
+            break
+        except Exception as exc:
+            for row in rows.values():
+                row.status = f"error: {type(exc).__name__}: {exc}"[:60]
+            break
+        for name, v in got.items():
+            rows[name].values.append(v)
+        shown = ", ".join(f"{k} {fmt_value(v, units[k])} {units[k]}" for k, v in got.items())
+        progress(f"  idle_ports round {r + 1}/{rounds}: {shown}")
+    for row in rows.values():
+        if len(row.values) > 1:
+            row.note += "; per round: " + " ".join(fmt_value(v, row.unit) for v in row.values)
+    return list(rows.values())
+
+
+# ---------------------------------------------------------------------------------------
+# The io suite
+
+SUBMIT_BASE = "uvloop call_soon_threadsafe"
+PIPE = "pipe writes/100k"
+
+IO_TARGETS = [
+    Target("submit_1t", "io.call_soon", ">=", 2.0, "submit 1 thread: io >= 2x uvloop cst"),
+    Target("submit_2t", "io.call_soon", ">=", 2.0, "submit 2 threads: io >= 2x uvloop cst"),
+    Target("submit_1t", "io.call_soon", "<=", 10, "submit 1t: <= 10 pipe writes/100k", metric=PIPE),
+    Target("submit_2t", "io.call_soon", "<=", 10, "submit 2t: <= 10 pipe writes/100k", metric=PIPE),
+    Target("call_rt", "io.call", "<=", 1.2, "call_rt: io.call <= 1.2x Lock ping-pong"),
+    Target(
+        "call_rt",
+        "io.call",
+        "<=",
+        0.5,
+        "call_rt: io.call >= 2x faster than rcts",
+        versus="run_coroutine_threadsafe",
+    ),
+    Target(
+        "call_rt",
+        "io.call",
+        "<=",
+        0.2,
+        "call_rt: io.call >= 5x faster than anyio",
+        versus="anyio portal.call",
+    ),
+    Target("tcp_echo", "io shared inbox", ">=", 2.0, "tcp_echo: shared inbox >= 2x 100 threads"),
+    Target(
+        "tcp_echo",
+        "io shared inbox",
+        ">=",
+        0.8,
+        "tcp_echo: shared inbox >= 0.8x selectors",
+        versus="selectors",
+    ),
+    Target("idle_ports", "client ports", "<=", 4096, "idle: client port <= 4 KiB", metric="value"),
+    Target(
+        "idle_ports", "accepted ports", "<=", 4096, "idle: accepted port <= 4 KiB", metric="value"
+    ),
+    Target("idle_ports", "idle CPU", "<=", 1.0, "idle: CPU <= 1% of a core", metric="value"),
+]
+
+
+@suite(
+    "io",
+    "IOServer vs call_soon_threadsafe (uvloop, asyncio), janus, run_coroutine_threadsafe, "
+    "anyio, blocking/selectors/uvloop TCP clients; idle ports",
+    targets=IO_TARGETS,
+)
+def run_io(cfg: Config) -> list[Row]:
+    rows: list[Row] = []
+    n, trips, to = cfg.n, max(cfg.n // 10, 10), cfg.timeout
+
+    for workload, producers in (("submit_1t", 1), ("submit_2t", 2)):
+        if not cfg.wants(workload):
+            continue
+        progress(f"{workload}: {producers} producer thread(s) -> loop thread, N={n} no-ops")
+        rows += measure(
+            cfg,
+            workload,
+            submit_contenders(producers, to),
+            n=n,
+            unit="msgs/s",
+            baseline=SUBMIT_BASE,
+        )
+
+    if cfg.wants("call_rt"):
+        progress(f"call_rt: thread -> loop -> thread, one outstanding, {trips} round trips")
+        contenders = [
+            Contender("Lock", partial(lock_pingpong, timeout=to), "two threads, two Locks: floor"),
+            Contender(
+                "call_soon_threadsafe+Lock",
+                partial(rt_run, "cst+lock", timeout=to),
+                "uvloop; the callback releases a Lock",
+            ),
+            Contender(
+                "run_coroutine_threadsafe",
+                partial(rt_run, "rcts", timeout=to),
+                "uvloop; .result()",
+            ),
+            Contender(
+                "anyio portal.call",
+                partial(rt_run, "anyio", timeout=to),
+                "start_blocking_portal(use_uvloop)",
+            ),
+            Contender("io.call", partial(rt_run, "ioserver", timeout=to), "IOServer().call(noop)"),
+        ]
+        rows += measure(
+            cfg,
+            "call_rt",
+            contenders,
+            n=trips,
+            unit="µs/rt",
+            baseline="Lock",
+            versus=("run_coroutine_threadsafe", "anyio portal.call"),
+        )
+
+    if cfg.wants("tcp_echo"):
+        ms = 1000 if cfg.quick else 2000
+        progress(
+            f"tcp_echo: {ECHO_CONNS} connections, 64 B ping-pong to a uvloop echo thread, "
+            f"{ms / 1000:.0f} s per run"
+        )
+        try:
+            echo = EchoServer(to)
+        except Exception as exc:
+            rows.append(Row("tcp_echo", "(echo server)", "rt/s", "", status=f"error: {exc}"))
+        else:
+            try:
+                port = echo.port
+                contenders = [
+                    Contender(
+                        "100 threads",
+                        partial(echo_threads, port, timeout=to),
+                        "a blocking socket per thread",
+                    ),
+                    Contender(
+                        "selectors",
+                        partial(echo_selectors, port, timeout=to),
+                        "one thread, selectors.DefaultSelector",
+                    ),
+                    Contender(
+                        "io shared inbox",
+                        partial(echo_ports, False, port, timeout=to),
+                        "one thread, 100 ports, inbox=Channel(1024)",
+                    ),
+                    Contender(
+                        "io select(ports)",
+                        partial(echo_ports, True, port, timeout=to),
+                        "one thread, select(*ports), own inboxes",
+                    ),
+                    Contender(
+                        "uvloop client",
+                        partial(echo_uvloop, port, timeout=to),
+                        "the bound: Protocols on a uvloop loop",
+                    ),
+                ]
+                rows += measure(
+                    cfg,
+                    "tcp_echo",
+                    contenders,
+                    n=ms,
+                    unit="rt/s",
+                    baseline="100 threads",
+                    versus=("selectors", "uvloop client"),
+                    direct=True,
+                )
+            finally:
+                echo.stop()
+
+    if cfg.wants("idle_ports") and (
+        not cfg.contender
+        or any(cfg.contender in k for k in ("client ports", "accepted ports", "idle CPU"))
+    ):
+        rows += run_idle_ports(cfg)
     return rows
 
 
