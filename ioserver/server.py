@@ -246,9 +246,10 @@ class IOServer:
         exception). Raises RuntimeError at once if called from the I/O thread,
         ServerStopped if the server stops first, TimeoutError after ``timeout``
         (``fn`` may still run)."""
-        self._check_not_loop_thread("IOServer.call()")
+        if threading.get_ident() == self._ident:
+            self._check_not_loop_thread("IOServer.call()")
         handle = ThreadWakeup()
-        self._wakeup.submit(_run_call, fn, args, handle, reject=handle_rejector(handle))
+        self._wakeup.submit(_run_call, fn, args, handle, reject=handle)
         if not handle.park(timeout):
             raise TimeoutError(f"{fn!r} did not finish on the I/O thread in {timeout} s")
         ok, value = handle.payload
@@ -260,7 +261,7 @@ class IOServer:
         """``call`` for a coroutine on another loop: awaits without blocking it."""
         self._check_not_loop_thread("IOServer.acall()")
         handle = AsyncWakeup()
-        self._wakeup.submit(_run_call, fn, args, handle, reject=handle_rejector(handle))
+        self._wakeup.submit(_run_call, fn, args, handle, reject=handle)
         await handle.park()
         ok, value = handle.payload
         if ok:
@@ -273,7 +274,7 @@ class IOServer:
         """Run the coroutine ``make(*args)`` on the loop and wait for its result."""
         self._check_not_loop_thread("this call")
         handle = ThreadWakeup()
-        self._wakeup.submit(_start_coroutine, make, args, handle, reject=handle_rejector(handle))
+        self._wakeup.submit(_start_coroutine, make, args, handle, reject=handle)
         if not handle.park(timeout):
             raise TimeoutError(f"{make.__name__} did not finish in {timeout} s")
         ok, value = handle.payload
@@ -403,17 +404,6 @@ class IOServer:
         from .drivers import file
 
         return file.open_file(self, path, mode, options)
-
-
-def handle_rejector(handle: Any) -> Callable[[BaseException], None]:
-    """A ``reject`` callback that wakes ``handle`` with the exception."""
-
-    def reject(exc: BaseException) -> None:
-        if handle.claim():
-            handle.payload = (False, exc)
-            handle.unpark()
-
-    return reject
 
 
 def _run_call(fn: Callable[..., Any], args: tuple[Any, ...], handle: Any) -> None:
