@@ -37,8 +37,9 @@ from typing import Any
 from ioserver import protocol
 from ioserver.channel import Channel, ChannelClosed, Full
 from ioserver.drivers.base import Driver
+from ioserver.framing import FrameError
 from ioserver.messages import Accepted, Closed
-from ioserver.port import Port
+from ioserver.port import Port, PortClosed
 from ioserver.sched import ThreadWakeup
 from ioserver.server import IOServer, default
 
@@ -47,6 +48,10 @@ __all__ = ["RemoteIOServer", "RemotePort", "RemoteTimer", "connect"]
 log = logging.getLogger("ioserver.client")
 
 _PORT_OPTIONS = ("packet", "active", "high_water", "max_frame_bytes")
+
+#: Exceptions of ours an ``error`` event names by type: re-raised as the same type,
+#: as an embedded port delivers them (builtins and OSErrors come back by themselves).
+_ERROR_TYPES: dict[str, type[BaseException]] = {"FrameError": FrameError, "PortClosed": PortClosed}
 
 
 class RemotePort(Port):
@@ -220,7 +225,9 @@ class _Link(asyncio.Protocol):
         if driver is None:
             return
         try:
-            message = protocol.wire_to_event(name, params, lambda _id: driver.port)
+            message = protocol.wire_to_event(
+                name, params, lambda _id: driver.port, error_types=_ERROR_TYPES
+            )
         except (ValueError, TypeError, KeyError):
             return  # an event this client doesn't know: ignore it, as notifications are
         if message is None:
@@ -365,8 +372,8 @@ class RemoteIOServer:
         host, port = local_addr or ("127.0.0.1", 0)
         remote = options.pop("remote_addr", None)
         if remote is not None:
-            options["remote_host"], options["remote_port"] = remote
-        return self._open("open_udp", [host, port], "udp", options, ("remote_host", "remote_port"))
+            options["remote_addr"] = list(remote)
+        return self._open("open_udp", [host, port], "udp", options, ("remote_addr",))
 
     def spawn(self, argv: list[str], **options: Any) -> RemotePort:
         if isinstance(argv, str):
