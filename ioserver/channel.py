@@ -141,6 +141,23 @@ _SENT = _Mark("SENT")  # rendezvous: a receiver took the parked thread sender's 
 _CLOSED = _Mark("CLOSED")  # the channel closed while the sender was parked
 _NOTHING = _Mark("NOTHING")  # select protocol: the operation is not ready
 
+
+class _NoOne(deque[Any]):
+    """The shared empty queue of a channel nobody is parked on. An empty deque
+    costs 760 bytes, four per channel, and most channels (every idle port's
+    inbox) never park anyone; every mutator raises, so a forgotten
+    ``_park_*`` call fails loudly instead of sharing state between channels."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: object) -> None:
+        raise RuntimeError("internal error: the shared empty waiter queue was mutated")
+
+    append = appendleft = extend = extendleft = insert = _refuse
+
+
+NO_ONE: deque[Any] = _NoOne()
+
 _Receiver = tuple[WakeupHandle, int]  # (handle, index of the op in its select)
 _Sender = tuple[WakeupHandle, int, Any]  # (handle, index, message)
 
@@ -193,8 +210,9 @@ class Channel(Generic[T]):
         self._lock = Lock()
         # Parked receivers and senders, in arrival order; entries whose handle
         # was claimed elsewhere (a finished select) are skipped when met.
-        self._receivers: deque[_Receiver] = deque()
-        self._senders: deque[_Sender] = deque()
+        # (NO_ONE until the first party parks: see _park_receiver.)
+        self._receivers: deque[_Receiver] = NO_ONE
+        self._senders: deque[_Sender] = NO_ONE
         # True while receivers are parked or the channel is closed: a
         # fast-path sender that sees it goes through the lock. Written under
         # the lock, read without it ([2]).
@@ -207,10 +225,11 @@ class Channel(Generic[T]):
         self._drained = False
         # Messages of sends that lost the race with the drain, kept until
         # their senders look for them (see _resolve_late_send).
-        self._dead: list[Any] = []
+        self._dead: list[Any] | None = None
         # Bounded only: one token per free slot; a sender pops one before it
-        # appends and a receiver returns one after it takes a message.
-        self._room: deque[None] = deque()
+        # appends and a receiver returns one after it takes a message. A list:
+        # pop()/append() are as atomic as a deque's, in a third of the memory.
+        self._room: list[None] = []
         # Bounded only: callbacks of drivers waiting for room (see
         # _notify_when_room); None until the first one.
         self._watchers: list[Callable[[], object]] | None = None
@@ -259,8 +278,8 @@ class Channel(Generic[T]):
                 return
             self._closed = True
             self._rwake = self._swake = True
-            receivers, self._receivers = self._receivers, deque()
-            senders, self._senders = self._senders, deque()
+            receivers, self._receivers = self._receivers, NO_ONE
+            senders, self._senders = self._senders, NO_ONE
             watchers, self._watchers = self._watchers, None
         for handle, index in receivers:
             _wake(handle, index, _RETRY)
@@ -349,8 +368,7 @@ class Channel(Generic[T]):
         with self._lock:
             if self._recv_ready(handle):
                 return False
-            self._receivers.append((handle, index))
-            self._rwake = True
+            self._park_receiver((handle, index))
             self._on_receiver_parked()
             return True
 
@@ -359,8 +377,7 @@ class Channel(Generic[T]):
         with self._lock:
             if self._send_ready(handle):
                 return False
-            self._senders.append((handle, index, value))
-            self._swake = True
+            self._park_sender((handle, index, value))
             self._on_sender_parked()
             return True
 
@@ -447,14 +464,32 @@ class Channel(Generic[T]):
     def _on_receiver_parked(self) -> None:
         """Called under the lock after a receiver parked."""
 
+    def _park_receiver(self, entry: _Receiver) -> None:
+        """Lock held: queue a parked receiver (and make senders look for it)."""
+        receivers = self._receivers
+        if receivers is NO_ONE:
+            receivers = self._receivers = deque()
+        receivers.append(entry)
+        self._rwake = True
+
+    def _park_sender(self, entry: _Sender) -> None:
+        """Lock held: queue a parked sender (and make receivers look for it)."""
+        senders = self._senders
+        if senders is NO_ONE:
+            senders = self._senders = deque()
+        senders.append(entry)
+        self._swake = True
+
     def _drop(self, handle: WakeupHandle) -> None:
         for entry in self._receivers:
             if entry[0] is handle:
-                self._receivers = deque(e for e in self._receivers if e[0] is not handle)
+                kept = deque(e for e in self._receivers if e[0] is not handle)
+                self._receivers = kept or NO_ONE
                 break
         for sender in self._senders:
             if sender[0] is handle:
-                self._senders = deque(e for e in self._senders if e[0] is not handle)
+                kept_s = deque(e for e in self._senders if e[0] is not handle)
+                self._senders = kept_s or NO_ONE
                 break
         self._rwake = self._closed or bool(self._receivers)
         self._swake = self._closed or bool(self._senders) or bool(self._watchers)
@@ -499,6 +534,8 @@ class Channel(Generic[T]):
             # there into _dead one item at a time; each item ends up either
             # with that receiver or in _dead, never both ([1]).
             dead = self._dead
+            if dead is None:
+                dead = self._dead = []
             while True:
                 try:
                     dead.append(buf.popleft())
@@ -919,8 +956,7 @@ def _recv_slow(ch: Channel[Any], timeout: float | None, nowait: bool = False) ->
             if timeout is not None and timeout <= 0:
                 raise TimeoutError("recv timed out")
             handle = ThreadWakeup()
-            ch._receivers.append((handle, 0))
-            ch._rwake = True
+            ch._park_receiver((handle, 0))
             ch._on_receiver_parked()
         try:
             woken = handle.park(None if deadline is None else max(0.0, deadline - _now()))
@@ -950,8 +986,7 @@ async def _arecv_slow(ch: Channel[Any], timeout: float | None) -> Any:
             if timeout is not None and timeout <= 0:
                 raise TimeoutError("arecv timed out")
             handle = AsyncWakeup()
-            ch._receivers.append((handle, 0))
-            ch._rwake = True
+            ch._park_receiver((handle, 0))
             ch._on_receiver_parked()
         try:
             woken = await handle.park(None if deadline is None else max(0.0, deadline - _now()))
@@ -984,8 +1019,7 @@ def _send_slow(ch: Channel[Any], value: Any, timeout: float | None, nowait: bool
             if timeout is not None and timeout <= 0:
                 raise TimeoutError("send timed out")
             handle = ThreadWakeup()
-            ch._senders.append((handle, 0, value))
-            ch._swake = True
+            ch._park_sender((handle, 0, value))
             ch._on_sender_parked()
         try:
             woken = handle.park(None if deadline is None else max(0.0, deadline - _now()))
@@ -1014,8 +1048,7 @@ async def _asend_slow(ch: Channel[Any], value: Any, timeout: float | None) -> No
             if timeout is not None and timeout <= 0:
                 raise TimeoutError("asend timed out")
             handle = AsyncWakeup()
-            ch._senders.append((handle, 0, value))
-            ch._swake = True
+            ch._park_sender((handle, 0, value))
             ch._on_sender_parked()
         try:
             woken = await handle.park(None if deadline is None else max(0.0, deadline - _now()))

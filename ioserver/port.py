@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .channel import Channel
+from .channel import NO_ONE, Channel
 from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle
 from .wakeup import ServerStopped
 
@@ -112,10 +112,12 @@ class Port:
         self._submitted = 0
         self._processed = 0
         self._transport_busy = False
-        self._writers: deque[WakeupHandle] = deque()
+        # Parked writers; NO_ONE until a send first blocks (created under
+        # _send_lock, so two senders can't each make one).
+        self._writers: deque[WakeupHandle] = NO_ONE
         # Loop thread only: called once when the transport stops being busy
         # (the daemon resumes reading a client that wrote into this port).
-        self._idle_callbacks: list[Callable[[], object]] = []
+        self._idle_callbacks: list[Callable[[], object]] | None = None
         #: Extra fields for ``info()`` (address, pid, ...), set by the driver.
         self.info_extra: dict[str, Any] = {}
 
@@ -236,7 +238,7 @@ class Port:
             if self._closed:
                 raise PortClosed(f"{self!r} is closed")
             handle = ThreadWakeup()
-            self._writers.append(handle)
+            self._add_writer(handle)
             if not self.busy or self._closed:  # re-check after registering ([1])
                 handle.abort()
                 continue
@@ -259,7 +261,7 @@ class Port:
             if self._closed:
                 raise PortClosed(f"{self!r} is closed")
             handle = AsyncWakeup()
-            self._writers.append(handle)
+            self._add_writer(handle)
             if not self.busy or self._closed:
                 if not handle.claim():
                     await handle.park()  # a waker got there first: take its wakeup
@@ -273,6 +275,15 @@ class Port:
             if not woken:
                 self._forget_writer(handle)
                 raise TimeoutError(f"{self!r} stayed busy past the timeout")
+
+    def _add_writer(self, handle: WakeupHandle) -> None:
+        writers = self._writers
+        if writers is NO_ONE:
+            with self._send_lock:
+                if self._writers is NO_ONE:
+                    self._writers = deque()
+            writers = self._writers
+        writers.append(handle)
 
     def _forget_writer(self, handle: WakeupHandle) -> None:
         """Take a writer that gave up out of ``_writers`` (one atomic deque.remove;
@@ -306,7 +317,7 @@ class Port:
             if self._writers:
                 self._wake_writers()
             if self._idle_callbacks:
-                callbacks, self._idle_callbacks = self._idle_callbacks, []
+                callbacks, self._idle_callbacks = self._idle_callbacks, None
                 for callback in callbacks:
                     callback()
 

@@ -358,6 +358,8 @@ class Session(asyncio.Protocol):
             # client until this port drains (TCP backpressure end to end).
             self.paused_reading = True
             self.transport.pause_reading()
+            if port._idle_callbacks is None:
+                port._idle_callbacks = []
             port._idle_callbacks.append(self._resume_reading)
 
     def _resume_reading(self) -> None:

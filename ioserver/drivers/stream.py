@@ -26,7 +26,7 @@ OpenFn = Callable[[Callable[[], asyncio.Protocol]], Coroutine[Any, Any, Any]]
 class StreamDriver(Driver, asyncio.Protocol):
     """One connected stream socket."""
 
-    kind = "tcp"
+    __slots__ = ("kind", "transport")
 
     def __init__(self, server: Any, port: Port, kind: str, **kwargs: Any) -> None:
         super().__init__(server, port, **kwargs)
@@ -147,7 +147,7 @@ class ListenerDriver(Driver):
         opts = self.conn_options
         conn = Port(self.server, self.conn_kind, self.conn_inbox, high_water=opts.high_water)
         driver = _AcceptedDriver(self.server, conn, self.conn_kind, **opts.driver_kwargs())
-        driver.listener = self
+        driver.listener = self  # set before connection_made, which reads it
         self.accepted += 1
         return driver
 
@@ -174,7 +174,8 @@ class ListenerDriver(Driver):
 class _AcceptedDriver(StreamDriver):
     """An accepted connection: announces itself to its listener once connected."""
 
-    listener: ListenerDriver | None = None
+    __slots__ = ("listener",)
+    listener: ListenerDriver | None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -237,6 +238,8 @@ def listen(
         try:
             srv = await open_fn(driver.new_connection, backlog)
         except BaseException:
+            driver._closed_queued = True
+            port._on_closed()
             driver._after_closed()
             raise
         driver.server_obj = srv

@@ -452,12 +452,21 @@ class StreamPortTests:
         class Boom(Exception):
             pass
 
-        def feed(data: bytes) -> None:
-            raise Boom(f"feed got {data!r}")
+        # Drivers have __slots__, so the fault goes on the class, for the victim only.
+        driver_class = type(victim._driver)
+        original = driver_class.feed
 
-        io.call(setattr, victim._driver, "feed", feed)
-        peers[0].sendall(b"trigger")
-        msgs = drain_port(victim)
+        def feed(self: Any, data: bytes) -> None:
+            if self is victim._driver:
+                raise Boom(f"feed got {data!r}")
+            original(self, data)
+
+        io.call(setattr, driver_class, "feed", feed)
+        try:
+            peers[0].sendall(b"trigger")
+            msgs = drain_port(victim)
+        finally:
+            io.call(setattr, driver_class, "feed", original)
         assert len(msgs) == 2, msgs
         assert isinstance(msgs[0], Error) and isinstance(msgs[0].error, Boom)
         assert msgs[1] == Closed(victim, "error")
