@@ -104,6 +104,7 @@ class Port:
         self.id = next(_ids)
         self._own_inbox = inbox is None
         self._inbox: Channel[Any] = Channel(DEFAULT_INBOX_CAPACITY) if inbox is None else inbox
+        self._inbox._fed_by_loop = True  # its receivers yield once before parking
         self._driver: Any = None  # set on the loop thread when the resource opens
         self._closed = False  # set by close() (client side) or when Closed is delivered
         self.high_water = high_water

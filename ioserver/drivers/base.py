@@ -447,6 +447,7 @@ class Driver:
             old.close()
         self.inbox = inbox
         self.port._inbox = inbox
+        inbox._fed_by_loop = True
         self.port._own_inbox = False
         self._waiting_room = False
         self._flush()
