@@ -112,9 +112,9 @@ class Wakeup:
         # (only at shutdown, never on the hot path).
         self._lock = threading.Lock()
         self._done = False
-        # True while _drain runs (the loop holds the token then).
-        self._draining = False
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Guards closing the pipe against a producer inside write() (see _write_pipe).
+        self._fd_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self.max_batch = max_batch
@@ -175,13 +175,16 @@ class Wakeup:
 
     def _write_pipe(self) -> None:
         self.pipe_writes += 1
-        try:
-            os.write(self._wfd, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full, so the loop has bytes to read: it will wake
-        except OSError:
-            if not self._done:
-                raise
+        # _fd_lock: close() must not close (and the kernel reuse) the fd number
+        # while a producer is inside write() with the GIL released. Taken once
+        # per wakeup, not per request; held only around a non-blocking write.
+        with self._fd_lock:
+            if self._wfd < 0:
+                return  # closed: the server stopped
+            try:
+                os.write(self._wfd, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full, so the loop has bytes to read: it will wake
 
     def _withdraw(self, request: Request) -> None:
         """A submit saw ``_done`` after its append: undo it (raise), or learn it ran.
@@ -232,7 +235,6 @@ class Wakeup:
         """Loop thread, token held: run queued requests in a bounded batch."""
         if self._done:
             return  # keep the token for good: nobody may write the pipe now
-        self._draining = True
         queue = self._queue
         start = monotonic()
         n = 0
@@ -258,7 +260,6 @@ class Wakeup:
         spent = monotonic() - start
         if spent > self.longest_batch:
             self.longest_batch = spent
-        self._draining = False
         if self._done:
             return  # a request closed us; keep the token
         if queue:
@@ -296,15 +297,10 @@ class Wakeup:
                 self._loop.remove_reader(self._rfd)
             except Exception:  # the loop may be half torn down after a crash
                 pass
-        os.close(self._rfd)  # a producer's write now fails with EPIPE, which it ignores
-        # The write end may close only when no producer can be about to write
-        # it (its number could be reused): when the loop holds the token (we
-        # are inside a drain) or we can take it. Otherwise close it with the
-        # object.
-        if self._draining or self._pending.acquire(False):
+        with self._fd_lock:
+            os.close(self._rfd)
             os.close(self._wfd)
-        else:
-            weakref.finalize(self, os.close, self._wfd)
+            self._rfd = self._wfd = -1
 
     @property
     def done(self) -> bool:

@@ -300,6 +300,7 @@ def test_server_stop_closes_watch_ports(pair: Any) -> None:
     """Stopping the server delivers Closed("server stopped"), closes the driver's dup
     and leaves the caller's socket open."""
     a, b = pair
+    IOServer().start().stop()  # libuv makes a per-process signal pipe on first use
     fds = open_fds()
     with IOServer() as io:
         w = io.watch(a, readable=True, writable=True, active=True)
