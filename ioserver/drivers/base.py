@@ -94,6 +94,7 @@ class Driver:
         "packet",
         "port",
         "server",
+        "transport",
     )
 
     kind = "port"
@@ -130,6 +131,8 @@ class Driver:
         self._waiting_room = False  # a room callback is registered on the inbox
         # Our view of the transport's reading state: a passive port starts paused.
         self._reading = self._active > 0
+        #: The asyncio transport of a transport-backed driver (None otherwise, or once lost).
+        self.transport: Any = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.messages_in = 0
@@ -164,6 +167,22 @@ class Driver:
         """Whether written data is still on its way out (the stop waits for it)."""
         return False
 
+    # asyncio protocol callbacks shared by the transport-backed drivers (stream, udp).
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The transport is gone: a failure gives Error + Closed, an orderly end Closed."""
+        if exc is not None:
+            self.fail(exc)
+        else:
+            self.finish()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.port._set_transport_busy(True)
+
+    def resume_writing(self) -> None:
+        self.port._set_transport_busy(False)
+
     def info(self) -> dict[str, Any]:
         """Per-port observability (lesson 12)."""
         return {
@@ -190,15 +209,16 @@ class Driver:
         except FrameError as exc:
             self._fail_framing(exc)
             return
+        self._deliver_frames(frames)
+
+    def _deliver_frames(self, frames: list[Any]) -> None:
         port = self.port
         for frame in frames:
             self.deliver(Data(port, frame))
 
     def _fail_framing(self, exc: FrameError) -> None:
         """Deliver the frames decoded before the bad one, then Error + Closed (lesson 4)."""
-        port = self.port
-        for frame in exc.frames:
-            self.deliver(Data(port, frame))
+        self._deliver_frames(exc.frames)
         self.fail(exc)
 
     def feed_eof(self) -> None:
@@ -210,9 +230,7 @@ class Driver:
         except FrameError as exc:
             self._fail_framing(exc)
             return
-        port = self.port
-        for frame in frames:
-            self.deliver(Data(port, frame))
+        self._deliver_frames(frames)
 
     def deliver(self, message: Message) -> None:
         """Queue ``message`` for the inbox and deliver what the mode and room allow."""

@@ -26,12 +26,11 @@ OpenFn = Callable[[Callable[[], asyncio.Protocol]], Coroutine[Any, Any, Any]]
 class StreamDriver(Driver, asyncio.Protocol):
     """One connected stream socket."""
 
-    __slots__ = ("kind", "transport")
+    __slots__ = ("kind",)
 
     def __init__(self, server: Any, port: Port, kind: str, **kwargs: Any) -> None:
         super().__init__(server, port, **kwargs)
         self.kind = kind
-        self.transport: Any = None
 
     # asyncio.Protocol callbacks (loop thread). Exceptions become Error + Closed.
 
@@ -74,19 +73,6 @@ class StreamDriver(Driver, asyncio.Protocol):
         except Exception as exc:
             self.fail(exc)
         return False  # close our side too; connection_lost follows
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            self.fail(exc)
-        else:
-            self.finish()
-        self.transport = None
-
-    def pause_writing(self) -> None:
-        self.port._set_transport_busy(True)
-
-    def resume_writing(self) -> None:
-        self.port._set_transport_busy(False)
 
     # Driver hooks.
 

@@ -69,7 +69,6 @@ class UDPDriver(Driver, asyncio.DatagramProtocol):
 
     def __init__(self, server: Any, port: Port, *, max_pending: int, **kwargs: Any) -> None:
         super().__init__(server, port, **kwargs)
-        self.transport: Any = None
         self.max_pending = max_pending
         #: Datagrams dropped because the port could not take them (uvloop only).
         self.dropped = 0
@@ -128,19 +127,6 @@ class UDPDriver(Driver, asyncio.DatagramProtocol):
             self._report(exc)
         except Exception as failure:
             self.fail(failure)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None:
-            self.fail(exc)
-        else:
-            self.finish()
-        self.transport = None
-
-    def pause_writing(self) -> None:
-        self.port._set_transport_busy(True)
-
-    def resume_writing(self) -> None:
-        self.port._set_transport_busy(False)
 
     def _report(self, exc: BaseException) -> None:
         """Deliver ``exc`` as an Error without closing the port (bounded like datagrams)."""
