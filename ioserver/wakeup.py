@@ -78,6 +78,9 @@ _get_ident = threading.get_ident
 DEFAULT_MAX_BATCH = 1024
 #: Longest a drain runs before it yields to I/O (seconds), checked every 64 requests.
 DEFAULT_QUANTUM = 0.002
+#: Wakeups in a row that found nothing to do before the loop is said to spin
+#: (Netty's selectorAutoRebuildThreshold is 512; we only log, once per streak).
+SPIN_THRESHOLD = 512
 
 
 class ServerStopped(RuntimeError):
@@ -128,6 +131,7 @@ class Wakeup:
         self.batches = 0
         self.pipe_writes = 0
         self.empty_wakeups = 0
+        self._empty_streak = 0  # empty wakeups in a row (loop thread only)
         self.skipped_wakeups = 0
         self.max_batch_seen = 0
         self.longest_batch = 0.0
@@ -217,7 +221,24 @@ class Wakeup:
             os.read(self._rfd, 4096)
         except BlockingIOError:
             pass
-        self._drain()
+        if self._queue:
+            self._empty_streak = 0
+        else:
+            self._empty_wakeup()
+        if self._pending.locked():
+            self._drain()
+        # else: a byte nobody holding the token wrote (stray); nothing to drain
+
+    def _empty_wakeup(self) -> None:
+        """Loop thread: the pipe woke us for nothing; log a streak once (lesson 9)."""
+        self.empty_wakeups += 1
+        self._empty_streak += 1
+        if self._empty_streak == SPIN_THRESHOLD:
+            log.warning(
+                "ioserver: the loop woke %d times in a row with nothing to do "
+                "(something writes the wakeup pipe without submitting?)",
+                SPIN_THRESHOLD,
+            )
 
     def wake_at(self) -> None:
         """Loop thread: the armed wakeup (``next_wakeup``) fired; drain if needed.
@@ -253,9 +274,7 @@ class Wakeup:
                 break
         self.requests += n
         self.batches += 1
-        if n == 0:
-            self.empty_wakeups += 1
-        elif n > self.max_batch_seen:
+        if n > self.max_batch_seen:
             self.max_batch_seen = n
         spent = monotonic() - start
         if spent > self.longest_batch:

@@ -387,3 +387,23 @@ def test_pipe_fds_are_close_on_exec(io: IOServer) -> None:
     w: Any = io._wakeup
     for fd in (w._rfd, w._wfd):
         assert not os.get_inheritable(fd)
+
+
+def test_a_spinning_loop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """Lesson 9: pipe wakeups that find nothing to do are counted, and a streak of
+    them (something waking the loop for nothing, over and over) is logged once;
+    stray bytes don't upset the token, and the server keeps serving."""
+    from ioserver.wakeup import SPIN_THRESHOLD
+
+    with IOServer() as io, caplog.at_level(logging.WARNING, logger="ioserver"):
+        w = io._wakeup
+        before = io.stats()["empty_wakeups"]
+        for i in range(1, SPIN_THRESHOLD + 11):
+            os.write(w._wfd, b"x")  # a stray wakeup: no token, nothing queued
+            deadline = time.monotonic() + 10
+            while io.stats()["empty_wakeups"] - before < i:
+                assert time.monotonic() < deadline, "the loop did not wake"
+                time.sleep(0.0005)
+        spins = [r for r in caplog.records if "with nothing to do" in r.getMessage()]
+        assert len(spins) == 1
+        assert io.call(lambda: "still serving") == "still serving"
