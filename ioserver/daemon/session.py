@@ -127,6 +127,7 @@ class Session(asyncio.Protocol):
         self.paused_reading = False
         self.room_callbacks: list[Callable[[], object]] = []
         self.held: dict[Port, list[Any]] = {}
+        self.batched: dict[Port, list[Any]] = {}  # sends of the current read, per port
         self.opening = 0  # open requests in the worker pool
         self.requests = 0
         self.events = 0
@@ -173,6 +174,7 @@ class Session(asyncio.Protocol):
                 log.exception("ioserver: session %d: handling %r failed", self.id, event)
                 if isinstance(event, protocol.Request):
                     self.reply_error(event.msgid, protocol.SERVER_ERROR, repr(exc))
+        self._write_batched()
 
     def eof_received(self) -> bool:
         return False
@@ -278,12 +280,14 @@ class Session(asyncio.Protocol):
         self.ports.clear()
         self.ids.clear()
         self.held.clear()
+        self.batched.clear()
         self.timers.clear()
         self.room_callbacks.clear()
         self.daemon.remove_session(self)
 
     def _fatal(self, exc: protocol.ProtocolError) -> None:
         """The stream can't be re-synced: say why, then close the connection."""
+        self._write_batched()  # the sends before the garbage were valid
         log.info("ioserver: session %d: %s; closing it", self.id, exc)
         self.notify("error", [None, exc.to_wire()])
         self._flush()
@@ -297,13 +301,22 @@ class Session(asyncio.Protocol):
         if isinstance(event, protocol.Notification):
             if not self.authenticated:
                 return
-            if event.method == "send" and len(event.params) == 2:
-                self._send(event.params[0], event.params[1])
-            elif event.method == "send_to" and len(event.params) == 3:
-                self._send(event.params[0], (event.params[1], _addr(event.params[2])))
-            return  # unknown notifications are ignored, never answered
+            spec = protocol.NOTIFICATIONS.get(event.method)
+            if spec is None:
+                return  # unknown notifications are ignored, never answered
+            try:
+                params = spec.check(event.params)
+            except protocol.RpcError as exc:
+                self.notify("error", [None, exc.to_wire()])
+                return
+            if event.method == "send":
+                self._send(params[0], params[1])
+            else:
+                self._send(params[0], (params[1], _addr(params[2])))
+            return
         if not isinstance(event, protocol.Request):
             return  # a client has no business sending responses; ignore
+        self._write_batched()  # a request (close, setopts...) comes after earlier sends
         self.requests += 1
         msgid, method, params = event.msgid, event.method, event.params
         if not self.authenticated and method != "hello":
@@ -349,10 +362,28 @@ class Session(asyncio.Protocol):
                 ],
             )
             return
-        driver = port._driver
-        if driver is None or port._closed:
+        if port._driver is None or port._closed:
             return
-        driver.write(data)
+        # Batched: the sends of one read go out in one write per port
+        # (_write_batched), not one write(2) per 64-byte notification.
+        batch = self.batched.get(port)
+        if batch is None:
+            self.batched[port] = [data]
+        else:
+            batch.append(data)
+
+    def _write_batched(self) -> None:
+        """Write the sends gathered since the last call, one driver write per port."""
+        if not self.batched:
+            return
+        batched, self.batched = self.batched, {}
+        for port, frames in batched.items():
+            driver = port._driver
+            if driver is not None and not port._closed:
+                driver.write_frames(frames)
+                self._throttle(port)
+
+    def _throttle(self, port: Port) -> None:
         if port._transport_busy and not self.paused_reading:
             # The peer reads slower than our client writes: stop reading the
             # client until this port drains (TCP backpressure end to end).

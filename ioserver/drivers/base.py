@@ -403,6 +403,12 @@ class Driver:
         except Exception as exc:
             self.fail(exc)
 
+    def write_frames(self, frames: list[Any]) -> None:
+        """Write several frames in order (the daemon batches a client's sends).
+        One write each here; stream drivers join them into one."""
+        for frame in frames:
+            self.write(frame)
+
     def close(self, reason: str | None = None) -> None:
         """Our side closes: flush writes, close the transport, deliver Closed now."""
         if self._closed_queued:

@@ -80,6 +80,18 @@ class StreamDriver(Driver, asyncio.Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
+    def write_frames(self, frames: list[Any]) -> None:
+        """Encode each frame, write them in one transport write (one syscall)."""
+        if self._closed_queued:
+            return
+        try:
+            encode = self.encoder.encode
+            payload = b"".join([encode(frame) for frame in frames])
+            self.bytes_out += len(payload)
+            self._write(payload)
+        except Exception as exc:
+            self.fail(exc)
+
     def _pause_reading(self) -> None:
         if self.transport is not None and self.transport.is_reading():
             self.transport.pause_reading()
