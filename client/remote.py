@@ -270,7 +270,15 @@ class _Link(asyncio.Protocol):
     ) -> None:
         """Loop thread: send a request whose reply wakes ``handle``."""
         if self.lost:
-            raise ConnectionError("the ioserver daemon closed the connection")
+            # Wake the caller with the error: raising here would only reach the
+            # loop's log, and the caller would wait for a reply that never comes.
+            if handle.claim():
+                handle.payload = (
+                    False,
+                    ConnectionError("the ioserver daemon closed the connection"),
+                )
+                handle.unpark()
+            return
         self.msgid = (self.msgid + 1) & 0xFFFFFFFF
         self.pending[self.msgid] = (handle, on_result)
         self._send(self.conn.request(self.msgid, method, params))

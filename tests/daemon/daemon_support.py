@@ -332,6 +332,7 @@ class RawClient:
         self.responses: dict[int, tuple[Any, Any]] = {}
         self.msgid = 12345
         self.eof = False
+        self.bytes_sent = 0
 
     def __enter__(self) -> RawClient:
         return self
@@ -346,9 +347,10 @@ class RawClient:
 
     def send_raw(self, data: bytes) -> None:
         self.sock.sendall(data)
+        self.bytes_sent += len(data)
 
     def send(self, message: Any) -> None:
-        self.sock.sendall(self.packer.pack(message))
+        self.send_raw(self.packer.pack(message))
 
     def request(self, method: Any, *params: Any, msgid: int | None = None) -> int:
         if msgid is None:
@@ -520,6 +522,8 @@ class EchoServer:
         with self.lock:
             self.closing = True
             conns = list(self.conns)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone doesn't)
         self.sock.close()
         for c in conns:
             with contextlib.suppress(OSError):

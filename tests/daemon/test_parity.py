@@ -38,7 +38,7 @@ from ioserver.messages import (
     Passive,
     Tick,
 )
-from ioserver.port import Port
+from ioserver.port import Port, PortClosed
 from ioserver.server import IOServer
 
 QUIET = 0.3
@@ -223,6 +223,44 @@ class TestPortParity:
         assert drain(second.conn) == [Closed(second.conn)]
         listener.close()
         assert drain(listener) == [Closed(listener)]
+
+    def test_shared_inbox_gets_accepts_and_data(self, io: Any) -> None:
+        """With inbox=, the listener's Accepted and its connections' Data and Closed
+        all arrive on one channel, each message carrying its port; the shared
+        inbox stays open."""
+        shared: Channel[Any] = Channel()
+        listener = io.listen_tcp("127.0.0.1", 0, inbox=shared, packet="line")
+        peers = [socket.create_connection(listener.address, timeout=T) for _ in range(3)]
+        conns = []
+        for _ in peers:
+            msg = shared.recv(timeout=T)
+            assert isinstance(msg, Accepted) and msg.port is listener, msg
+            conns.append(msg.conn)
+        for i, peer in enumerate(peers):
+            peer.sendall(b"from %d\n" % i)
+            peer.close()
+        got = [shared.recv(timeout=T) for _ in range(2 * len(conns))]
+        for conn in conns:
+            mine = [m for m in got if m.port is conn]
+            assert len(mine) == 2 and isinstance(mine[0], Data), mine
+            assert mine[1] == Closed(conn)
+        assert sorted(m.data for m in got if isinstance(m, Data)) == [
+            b"from 0\n",
+            b"from 1\n",
+            b"from 2\n",
+        ]
+        assert not shared.closed
+        listener.close()
+        assert shared.recv(timeout=T) == Closed(listener)
+        assert not shared.closed and len(shared) == 0
+
+    def test_send_on_a_closed_port_raises_port_closed(self, io: Any) -> None:
+        _, conn, accepted = pair(io)
+        conn.close()
+        with pytest.raises(PortClosed):
+            conn.send(b"late")
+        assert drain(conn) == [Closed(conn)]
+        assert drain(accepted) == [Closed(accepted)]
 
     @pytest.mark.parametrize("packet", ["line", 4, "msgpack"], ids=["line", "len4", "msgpack"])
     def test_packet_modes_end_to_end(self, io: Any, packet: Any) -> None:
