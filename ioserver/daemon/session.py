@@ -163,8 +163,10 @@ class Session(asyncio.Protocol):
                 if exc.fatal:
                     self._fatal(exc)
                     return
-                if exc.msgid is not None:
+                if exc.msgid is not None and exc.type != protocol.RESPONSE:
                     self.reply_error(exc.msgid, exc.code, str(exc))
+                else:  # nothing to answer (and never answer a response): an error event
+                    self.notify("error", [None, exc.to_wire()])
                 continue
             if event is protocol.NEED_DATA or event is protocol.CLOSED:
                 break
@@ -177,6 +179,9 @@ class Session(asyncio.Protocol):
         self._write_batched()
 
     def eof_received(self) -> bool:
+        # Let the decoder see the end: a stream that ends inside a message gets its
+        # final error event (then the transport closes, as returning False asks).
+        self.data_received(b"")
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -304,8 +309,14 @@ class Session(asyncio.Protocol):
             spec = protocol.NOTIFICATIONS.get(event.method)
             if spec is None:
                 return  # unknown notifications are ignored, never answered
+            params = event.params
+            if event.method == "send" and len(params) == 2 and type(params[0]) is int:
+                port = self.ports.get(params[0])
+                if port is not None and getattr(port._driver, "packet", None) == "msgpack":
+                    self._send(params[0], params[1])  # any value, as sent (a str stays str)
+                    return
             try:
-                params = spec.check(event.params)
+                params = spec.check(params)
             except protocol.RpcError as exc:
                 self.notify("error", [None, exc.to_wire()])
                 return
@@ -560,10 +571,9 @@ class Session(asyncio.Protocol):
             self.opening -= 1
             exc = fut.exception()
             if exc is not None:
-                if isinstance(exc, OSError):
-                    self.reply_error(
-                        msgid, protocol.OS_ERROR, str(exc), protocol.os_error_details(exc)
-                    )
+                if isinstance(exc, OSError):  # "<type>: <text>", as docs/protocol.md says
+                    code, message, details = protocol.exception_to_wire(exc)
+                    self.reply_error(msgid, code, message, details)
                 elif isinstance(exc, TypeError | ValueError):
                     self.reply_error(msgid, protocol.INVALID_PARAMS, str(exc))
                 else:
@@ -596,7 +606,8 @@ _OPTION_KEYS = ("packet", "active", "high_water", "max_frame_bytes", "timeout")
 
 
 def _port_options(opts: Any, extra_keys: tuple[str, ...], limits: Any) -> dict[str, Any]:
-    """Validate an opts map from the wire into keyword arguments (caps from [limits])."""
+    """Validate an opts map from the wire into keyword arguments; LimitExceeded for a
+    max_frame_bytes or high_water over [limits]."""
     if opts is None:
         opts = {}
     if not isinstance(opts, dict):
@@ -607,9 +618,16 @@ def _port_options(opts: Any, extra_keys: tuple[str, ...], limits: Any) -> dict[s
         raise ValueError(f"unknown option(s) {sorted(map(str, unknown))}; allowed: {allowed}")
     options = dict(opts)
     max_frame = limits.max_frame_bytes
-    options["max_frame_bytes"] = min(int(options.get("max_frame_bytes", max_frame)), max_frame)
-    high_water = options.get("high_water", limits.pending_bytes)
-    options["high_water"] = min(int(high_water), limits.pending_bytes)
+    if int(options.setdefault("max_frame_bytes", max_frame)) > max_frame:
+        raise LimitExceeded(
+            f"max_frame_bytes={options['max_frame_bytes']} is over the limit "
+            f"max_frame_bytes={max_frame}"
+        )
+    if int(options.setdefault("high_water", limits.pending_bytes)) > limits.pending_bytes:
+        raise LimitExceeded(
+            f"high_water={options['high_water']} is over the limit "
+            f"pending_bytes={limits.pending_bytes}"
+        )
     if options.get("env") is not None:
         options["env"] = {**os.environ, **options["env"]}
     if options.get("remote_addr") is not None:
