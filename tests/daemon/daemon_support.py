@@ -153,7 +153,9 @@ class DaemonProcess:
         insecure: bool = False,
         spawn_allow: Sequence[str] = (),
         limits: dict[str, Any] | None = None,
+        umask: int = 0o022,
     ) -> None:
+        self.umask = umask
         self.dir = short_tmpdir()
         self.socket_path = os.path.join(self.dir, "ioserver.sock")
         self.config_path = os.path.join(self.dir, "ioserver.toml")
@@ -197,6 +199,7 @@ class DaemonProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=err,
+                umask=self.umask,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while not rpc_ping(self.socket_path):
