@@ -212,6 +212,12 @@ class Session(asyncio.Protocol):
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
+        if len(self.out) >= WRITE_HIGH:
+            # Write a big batch now: the transport then calls pause_writing at once,
+            # so the ports stop before the next read. (uvloop reads a socket up to 32
+            # times per callback: deferred, a batch could reach 8 MiB per port.)
+            self._flush()
+            return
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.io.loop.call_soon(self._flush)
@@ -584,8 +590,9 @@ class Session(asyncio.Protocol):
                 if port._driver is not None:
                     port._driver.stop("session closed")
                 return
-            port_id = self._announce(port)
+            port_id = self.ids.get(port) or self._register(port)
             self.reply(msgid, port_id if describe is None else [port_id, describe(port)])
+            self._announce(port)  # the events it delivered meanwhile follow the reply
 
         future.add_done_callback(opened)
 

@@ -336,6 +336,7 @@ class RawClient:
         self.msgid = 12345
         self.eof = False
         self.bytes_sent = 0
+        self.bytes_received = 0
 
     def __enter__(self) -> RawClient:
         return self
@@ -389,6 +390,7 @@ class RawClient:
             if not data:
                 self.eof = True
             else:
+                self.bytes_received += len(data)
                 self.unpacker.feed(data)
 
     def _pump(self, deadline: float) -> None:
