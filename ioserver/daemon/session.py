@@ -58,6 +58,10 @@ log = logging.getLogger("ioserver.daemon")
 #: ports pause; below LOW they resume (ZeroMQ's (hwm+1)/2 keeps them apart).
 WRITE_HIGH = 1024 * 1024
 WRITE_LOW = WRITE_HIGH // 2
+#: Events a port may deliver before its id is announced (the reply to the call
+#: that opened it); past it the port is pushed back like a full inbox. One read
+#: is up to 256 KiB, so this holds at most ~1 MiB per opening port.
+HELD_LIMIT = 4
 
 
 class SessionSink(Channel[Any]):
@@ -79,15 +83,25 @@ class SessionSink(Channel[Any]):
             raise ChannelClosed(self, value)
         if session.paused_writing:
             raise Full(value)
+        port = getattr(value, "port", None)
+        if port is not None and port not in session.ids and isinstance(port, Port):
+            # Its id is not announced yet (the open's reply is still to come):
+            # hold a few events, then push back like a full inbox.
+            held = session.held.setdefault(port, [])
+            if len(held) >= HELD_LIMIT:
+                session.held_full = True
+                raise Full(value)
+            held.append(value)
+            return
         session.emit(value)
 
     send = try_send  # type: ignore[assignment]
 
     def _notify_when_room(self, callback: Callable[[], object]) -> bool:
         session = self.session
-        if session.closed or not session.paused_writing:
+        if session.closed or not (session.paused_writing or session.held_full):
             return False
-        session.room_callbacks.append(callback)
+        session.room_callbacks.append(callback)  # resume_writing or _announce calls it
         return True
 
     def _put_overflow(self, value: Any) -> None:
@@ -127,6 +141,7 @@ class Session(asyncio.Protocol):
         self.paused_reading = False
         self.room_callbacks: list[Callable[[], object]] = []
         self.held: dict[Port, list[Any]] = {}
+        self.held_full = False  # a port hit HELD_LIMIT before its id was announced
         self.batched: dict[Port, list[Any]] = {}  # sends of the current read, per port
         self.opening = 0  # open requests in the worker pool
         self.requests = 0
@@ -261,6 +276,10 @@ class Session(asyncio.Protocol):
         port_id = self.ids.get(port) or self._register(port)
         for value in self.held.pop(port, ()):
             self.emit(value)
+        if self.held_full and not any(len(h) >= HELD_LIMIT for h in self.held.values()):
+            self.held_full = False
+            if not self.paused_writing:
+                self.resume_writing()  # the ports that were pushed back deliver again
         return port_id
 
     def _forget(self, port: Port) -> None:
