@@ -202,7 +202,11 @@ class DaemonProcess:
                 umask=self.umask,
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while not rpc_ping(self.socket_path):
+        # The Unix listener answers before the TCP one is up: wait for both.
+        while not (
+            rpc_ping(self.socket_path)
+            and (self.tcp is None or rpc_ping(self.tcp_address, self.token or None))
+        ):
             if self.proc.poll() is not None:
                 pytest.fail(
                     f"the daemon exited with {self.proc.returncode} at start:\n{self.stderr()}"

@@ -307,8 +307,10 @@ def test_truncated_message_then_disconnect_closes_the_sessions_ports(
         open_echo_port(c, echo)
         c.send_raw(msgpack.packb([0, 1, "connect_tcp", ["127.0.0.1", 1, {}]])[:cut])
         c.close()
-    wait_for(lambda: echo.open_count() == 0, what="the sessions' ports to close")
-    assert len(echo.connections()) == 6
+    wait_for(
+        lambda: len(echo.connections()) == 6 and echo.open_count() == 0,
+        what="the sessions' 6 ports to be accepted, then closed",
+    )
 
 
 BAD_ENVELOPES: list[tuple[Any, int | None, str]] = [
@@ -718,7 +720,8 @@ def test_a_client_killed_mid_stream_leaves_nothing_behind(
             lambda: sum(c["bytes"] for c in echo.connections()) >= 256 * 1024,
             what="the client's writes to flow",
         )
-        assert len(echo.connections()) == 3 and proc.poll() is None
+        wait_for(lambda: len(echo.connections()) == 3, what="its 3 connections")
+        assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(T)
@@ -902,7 +905,7 @@ def test_a_peer_flooding_before_the_connect_reply_is_bounded_too(env: Env) -> No
             session_id = c.call("hello", 1, None)["session_id"]
             msgid = c.request("connect_tcp", *server.getsockname())
             peer, _ = server.accept()
-            peer.settimeout(0.5)
+            peer.settimeout(0.2)
             with contextlib.suppress(TimeoutError):
                 peer.sendall(flood)  # as much as the daemon takes
             error, _ = c.response(msgid)

@@ -24,7 +24,7 @@ from daemon_support import (
     short_tmpdir,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(30)
 
 
 def test_ping_answers(daemon: DaemonProcess) -> None:

@@ -46,6 +46,8 @@ QUIET = 0.3
 used to show that something does NOT arrive: a slow machine can make such a check
 pass when it should fail, never fail when it should pass."""
 
+pytestmark = pytest.mark.timeout(30)
+
 
 @pytest.fixture(scope="module")
 def parity_daemon() -> Iterator[DaemonProcess]:
