@@ -62,7 +62,6 @@ __all__ = [
 ]
 
 _get_ident = threading.get_ident
-_monotonic = time.monotonic
 
 
 class WakeupHandle:
@@ -303,13 +302,3 @@ def current_task() -> Task | AsyncTask:
 
 
 _THREAD_TASK = Task()
-
-
-def deadline_after(timeout: float | None) -> float | None:
-    """The monotonic deadline ``timeout`` seconds from now (None stays None)."""
-    return None if timeout is None else _monotonic() + timeout
-
-
-def remaining(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (never negative; None stays None)."""
-    return None if deadline is None else max(0.0, deadline - _monotonic())
