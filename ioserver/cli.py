@@ -263,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     except protocol.RpcError as exc:  # the daemon answered with an error (a wrong token...)
         print(f"ioserver: error from the daemon: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    except BrokenPipeError:
+        # The reader went away (``ioserver stats | head -1``): stop quietly, as Unix
+        # tools do; stdout now points at devnull so the final flush can't raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":
