@@ -96,14 +96,6 @@ def limited_daemon(daemon_factory: Callable[..., DaemonProcess]) -> DaemonProces
     return daemon_factory(limits=SMALL_LIMITS)
 
 
-@pytest.fixture(scope="module")
-def shared_daemon() -> Iterator[DaemonProcess]:
-    """A default daemon shared by a module's tests (each test uses its own sessions)."""
-    d = DaemonProcess().start()
-    yield d
-    stop_and_check(d)
-
-
 @pytest.fixture
 def echo_server() -> Iterator[EchoServer]:
     """A plain-socket TCP echo server on 127.0.0.1 (threads of the test process)."""
