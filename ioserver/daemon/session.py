@@ -42,10 +42,10 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .. import protocol
+from .. import __version__, protocol
 from ..channel import Channel, ChannelClosed, Full
 from ..messages import Accepted
-from ..port import Port, PortClosed
+from ..port import DEFAULT_HIGH_WATER, Port, PortClosed
 
 if TYPE_CHECKING:
     from .serve import Daemon
@@ -54,10 +54,10 @@ __all__ = ["Session", "SessionSink"]
 
 log = logging.getLogger("ioserver.daemon")
 
-#: The session socket's write buffer limits: above HIGH the client is slow and
-#: ports pause; below LOW they resume (ZeroMQ's (hwm+1)/2 keeps them apart).
-WRITE_HIGH = 1024 * 1024
-WRITE_LOW = WRITE_HIGH // 2
+#: Output gathered in one loop tick past this is written at once rather than at
+#: the tick's end, so the transport can report pause_writing before the next read.
+#: (The socket's own limits are limits.pending_bytes, set in connection_made.)
+FLUSH_NOW = 1024 * 1024
 #: Events a port may deliver before its id is announced (the reply to the call
 #: that opened it); past it the port is pushed back like a full inbox. One read
 #: is up to 256 KiB, so this holds at most ~1 MiB per opening port.
@@ -154,7 +154,9 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        # The events buffered for a slow client: limits.pending_bytes, as documented.
+        high = self.daemon.config.limits.pending_bytes
+        transport.set_write_buffer_limits(high=high, low=high // 2)
         if not self.daemon.add_session(self):
             limit = self.daemon.config.limits.sessions
             error = protocol.error_value(
@@ -227,7 +229,7 @@ class Session(asyncio.Protocol):
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
-        if len(self.out) >= WRITE_HIGH:
+        if len(self.out) >= FLUSH_NOW:
             # Write a big batch now: the transport then calls pause_writing at once,
             # so the ports stop before the next read. (uvloop reads a socket up to 32
             # times per callback: deferred, a batch could reach 8 MiB per port.)
@@ -460,7 +462,11 @@ class Session(asyncio.Protocol):
         self.authenticated = True
         self.reply(
             msgid,
-            {"version": protocol.PROTOCOL_VERSION, "server": "ioserver", "session_id": self.id},
+            {
+                "version": protocol.PROTOCOL_VERSION,
+                "server": f"ioserver {__version__}",
+                "session_id": self.id,
+            },
         )
 
     def rpc_ping(self, msgid: int) -> None:
@@ -649,7 +655,8 @@ def _port_options(opts: Any, extra_keys: tuple[str, ...], limits: Any) -> dict[s
             f"max_frame_bytes={options['max_frame_bytes']} is over the limit "
             f"max_frame_bytes={max_frame}"
         )
-    if int(options.setdefault("high_water", limits.pending_bytes)) > limits.pending_bytes:
+    default_high = min(DEFAULT_HIGH_WATER, limits.pending_bytes)  # as embedded: 64 KiB
+    if int(options.setdefault("high_water", default_high)) > limits.pending_bytes:
         raise LimitExceeded(
             f"high_water={options['high_water']} is over the limit "
             f"pending_bytes={limits.pending_bytes}"
