@@ -169,6 +169,18 @@ class Driver:
 
     # asyncio protocol callbacks shared by the transport-backed drivers (stream, udp).
 
+    def connection_made(self, transport: Any) -> None:
+        """The transport is up: keep it and set it up (``_setup``); a failure there is
+        Error + Closed. (uvloop's transports have asyncio's interface, not its classes.)"""
+        self.transport = transport
+        try:
+            self._setup(transport)
+        except Exception as exc:
+            self.fail(exc)
+
+    def _setup(self, transport: Any) -> None:
+        """Hook: configure a new transport (water marks, addresses...)."""
+
     def connection_lost(self, exc: Exception | None) -> None:
         """The transport is gone: a failure gives Error + Closed, an orderly end Closed."""
         if exc is not None:

@@ -85,13 +85,6 @@ class UDPDriver(Driver, asyncio.DatagramProtocol):
 
     # asyncio.DatagramProtocol callbacks (loop thread). Exceptions become Error + Closed.
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        try:
-            self._setup(transport)
-        except Exception as exc:
-            self.fail(exc)
-
     def _setup(self, transport: Any) -> None:
         port = self.port
         transport.set_write_buffer_limits(high=port.high_water, low=port.low_water)
