@@ -466,7 +466,15 @@ class Channel(Generic[T]):
         """Called under the lock after a sender parked."""
 
     def _on_receiver_parked(self) -> None:
-        """Called under the lock after a receiver parked."""
+        """Lock held, a receiver just parked (``_rwake`` is set): re-check the buffer.
+
+        Premise [2]: the receiver looked at ``_buf`` before it registered, and a
+        fast-path sender that appended in between saw ``_rwake`` still false and
+        left. Now that the flag is set, any message in the buffer is one such
+        send: hand it over (to the first parked receiver, FIFO).
+        """
+        if self._buf:
+            self._feed()
 
     def _park_receiver(self, entry: _Receiver) -> None:
         """Lock held: queue a parked receiver (and make senders look for it)."""
@@ -810,6 +818,10 @@ class _Rendezvous(Channel[T]):
         return bool(self._buf) or self._closed or _head_sender(self, own) == "thread"
 
     def _on_receiver_parked(self) -> None:
+        if self._buf:  # put-backs of cancelled receivers (see the base)
+            self._feed()
+            if not self._receivers:
+                return
         own = self._receivers[-1][0]
         head = _head_sender(self, own)
         if head == "coroutine":

@@ -1054,3 +1054,26 @@ class TestRendezvous:
             finally:
                 assert ch.recv(timeout=10) == "m"
                 fut.result(10)
+
+
+@pytest.mark.parametrize("capacity", [None, 1, 4], ids=["unbounded", "bounded1", "bounded4"])
+def test_send_between_a_receivers_check_and_its_registration_is_not_lost(
+    capacity: int | None,
+) -> None:
+    """Regression (found by the cancel-storm stress test, 1 run in 6): a receiver
+    looks at the buffer (empty) under the lock, then a fast-path send appends
+    without the lock and sees no parked receiver, then the receiver registers and
+    parks. The receiver must re-check after registering, or the message sits in
+    the buffer beside a sleeping receiver. This replays that interleaving exactly."""
+    from ioserver.sched import ThreadWakeup
+
+    ch: Channel[str] = Channel(capacity)
+    with ch._lock:  # the receiver's slow path holds the lock while it checks and registers
+        assert not ch._buf  # 1. the receiver's check: nothing there
+        ch.send("x")  # 2. a fast-path send (takes no lock): nobody parked yet
+        handle = ThreadWakeup()
+        ch._park_receiver((handle, 0))  # 3. the receiver registers...
+        ch._on_receiver_parked()  # ...and re-checks
+    assert handle.park(0), "the receiver was not woken: a lost wakeup"
+    assert handle.payload == (0, "x")
+    assert len(ch) == 0
