@@ -1628,6 +1628,36 @@ def idle_ports_run(count: int, timeout: float) -> dict[str, float]:
         io.stop(timeout=10)
 
 
+def absolute_rounds(
+    workload: str,
+    run: Callable[[], dict[str, float]],
+    rows: dict[str, Row],
+    units: dict[str, str],
+    rounds: int,
+) -> list[Row]:
+    """Rounds of a workload measured in absolute numbers (no contenders): ``run()``
+    returns one value per row; a timeout or error marks every row and stops."""
+    for r in range(rounds):
+        try:
+            got = run()
+        except RunTimeout:
+            for row in rows.values():
+                row.status = "timeout"
+            break
+        except Exception as exc:
+            for row in rows.values():
+                row.status = f"error: {type(exc).__name__}: {exc}"[:60]
+            break
+        for name, v in got.items():
+            rows[name].values.append(v)
+        shown = ", ".join(f"{k} {fmt_value(v, units[k])} {units[k]}" for k, v in got.items())
+        progress(f"  {workload} round {r + 1}/{rounds}: {shown}")
+    for row in rows.values():
+        if len(row.values) > 1:
+            row.note += "; per round: " + " ".join(fmt_value(v, row.unit) for v in row.values)
+    return list(rows.values())
+
+
 def run_idle_ports(cfg: Config) -> list[Row]:
     """Not a race between contenders: absolute numbers, checked against fixed bounds."""
     count = IDLE_PORTS
@@ -1653,25 +1683,9 @@ def run_idle_ports(cfg: Config) -> list[Row]:
         idle_ports_run(200, cfg.timeout)  # warm-up: imports, first-use allocations
     except Exception as exc:
         progress(f"  idle_ports warm-up failed: {type(exc).__name__}: {exc}")
-    for r in range(rounds):
-        try:
-            got = idle_ports_run(count, cfg.timeout * 2)
-        except RunTimeout:
-            for row in rows.values():
-                row.status = "timeout"
-            break
-        except Exception as exc:
-            for row in rows.values():
-                row.status = f"error: {type(exc).__name__}: {exc}"[:60]
-            break
-        for name, v in got.items():
-            rows[name].values.append(v)
-        shown = ", ".join(f"{k} {fmt_value(v, units[k])} {units[k]}" for k, v in got.items())
-        progress(f"  idle_ports round {r + 1}/{rounds}: {shown}")
-    for row in rows.values():
-        if len(row.values) > 1:
-            row.note += "; per round: " + " ".join(fmt_value(v, row.unit) for v in row.values)
-    return list(rows.values())
+    return absolute_rounds(
+        "idle_ports", lambda: idle_ports_run(count, cfg.timeout * 2), rows, units, rounds
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -2159,25 +2173,9 @@ def run_idle_sessions(cfg: Config) -> list[Row]:
     rows = {k: Row("idle_sessions", k, u, baseline="", note=notes[k]) for k, u in units.items()}
     rounds = min(cfg.rounds, 1 if cfg.quick else 3)
     progress(f"idle_sessions: {count} idle sessions on a fresh daemon per round, {rounds} round(s)")
-    for r in range(rounds):
-        try:
-            got = idle_sessions_run(count, cfg.timeout)
-        except RunTimeout:
-            for row in rows.values():
-                row.status = "timeout"
-            break
-        except Exception as exc:
-            for row in rows.values():
-                row.status = f"error: {type(exc).__name__}: {exc}"[:60]
-            break
-        for name, v in got.items():
-            rows[name].values.append(v)
-        shown = ", ".join(f"{k} {fmt_value(v, units[k])} {units[k]}" for k, v in got.items())
-        progress(f"  idle_sessions round {r + 1}/{rounds}: {shown}")
-    for row in rows.values():
-        if len(row.values) > 1:
-            row.note += "; per round: " + " ".join(fmt_value(v, row.unit) for v in row.values)
-    return list(rows.values())
+    return absolute_rounds(
+        "idle_sessions", lambda: idle_sessions_run(count, cfg.timeout), rows, units, rounds
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -136,3 +136,34 @@ def uvloop_in_thread() -> Iterator[LoopThread]:
     """A uvloop loop running in its own daemon thread."""
     with loop_thread(use_uvloop=True) as lt:
         yield lt
+
+
+class Background:
+    """Run ``fn`` in a daemon thread; ``result()`` returns its value or re-raises."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.value = fn()
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                self.done.set()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+
+    def result(self, timeout: float = 10.0) -> Any:
+        assert self.done.wait(timeout), "background call did not finish"
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+    def outcome(self, timeout: float = 10.0) -> Any:
+        """The value, or the exception instance raised."""
+        assert self.done.wait(timeout), "background call did not finish"
+        return self.error if self.error is not None else self.value

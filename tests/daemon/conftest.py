@@ -33,6 +33,7 @@ _spec = importlib.util.spec_from_file_location(
 assert _spec is not None and _spec.loader is not None
 _root = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_root)
+Background = _root.Background
 LoopThread = _root.LoopThread
 await_until = _root.await_until
 loop_thread = _root.loop_thread
@@ -40,6 +41,7 @@ run_threads = _root.run_threads
 wait_until = _root.wait_until
 
 __all__ = [
+    "Background",
     "LoopThread",
     "await_until",
     "loop_thread",

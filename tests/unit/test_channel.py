@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import await_until, loop_thread, run_threads, wait_until
+from conftest import Background, await_until, loop_thread, run_threads, wait_until
 
 from ioserver import Channel, ChannelClosed, ChannelStatistics, Empty, Full
 
@@ -83,37 +83,6 @@ def receivers(ch: Channel[Any]) -> int:
 
 def senders(ch: Channel[Any]) -> int:
     return ch.statistics().waiting_senders
-
-
-class Background:
-    """Run ``fn`` in a daemon thread; ``result()`` returns its value or re-raises."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                self.value = fn()
-            except BaseException as exc:
-                self.error = exc
-            finally:
-                self.done.set()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def result(self, timeout: float = 10.0) -> Any:
-        assert self.done.wait(timeout), "background call did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-    def outcome(self, timeout: float = 10.0) -> Any:
-        """The value, or the exception instance raised."""
-        assert self.done.wait(timeout), "background call did not finish"
-        return self.error if self.error is not None else self.value
 
 
 def blocking_test(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import await_until, loop_thread, run_threads, wait_until
+from conftest import Background, await_until, loop_thread, run_threads, wait_until
 
 from ioserver import Channel, ChannelClosed, Empty, Full, aselect, select
 from ioserver.sched import AsyncWakeup, ThreadWakeup
@@ -45,36 +45,6 @@ def drain(ch: Channel[Any]) -> list[Any]:
             out.append(ch.try_recv())
         except (Empty, ChannelClosed):
             return out
-
-
-class Background:
-    """Run ``fn`` in a daemon thread; ``outcome()`` is its value or the exception raised."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                self.value = fn()
-            except BaseException as exc:
-                self.error = exc
-            finally:
-                self.done.set()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-
-    def outcome(self, timeout: float = 10.0) -> Any:
-        assert self.done.wait(timeout), "background call did not finish"
-        return self.error if self.error is not None else self.value
-
-    def result(self, timeout: float = 10.0) -> Any:
-        out = self.outcome(timeout)
-        if self.error is not None:
-            raise self.error
-        return out
 
 
 def offer(ch: Channel[Any], value: Any) -> Background | None:
