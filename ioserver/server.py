@@ -237,7 +237,9 @@ class IOServer:
     def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         """Run ``fn(*args)`` on the I/O thread soon (fire and forget; FIFO).
 
-        Exceptions from ``fn`` are logged. Raises ServerStopped once stopped.
+        Exceptions from ``fn`` are logged and the server goes on serving, even a
+        BaseException (``sys.exit``, KeyboardInterrupt): fire and forget means no
+        caller to hand it to. Raises ServerStopped once stopped.
         """
         self._wakeup.submit(fn, *args)
 

@@ -268,7 +268,10 @@ class Wakeup:
             n += 1
             try:
                 fn(*args)
-            except Exception:
+            except BaseException:
+                # BaseException too: a SystemExit or KeyboardInterrupt raised by
+                # a caller's function must not kill the loop thread (and with it
+                # every port); the caller asked for fire-and-forget.
                 log.exception("ioserver: request %r failed", fn)
             if not n & 63 and monotonic() - start > self.quantum:
                 break
