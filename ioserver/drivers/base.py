@@ -365,20 +365,32 @@ class Driver:
         self._queue_closed(reason, force=False)
 
     def _queue_closed(self, reason: str | None, *, force: bool) -> None:
-        if self._closed_queued:
+        """Queue Closed once; ``force``: our side ends the port, so Closed goes out
+        now, even if the peer's Closed was already queued and waits for room (else
+        nothing would ever end the port: its room callbacks may be gone)."""
+        if self._finished:
             return
-        self._closed_queued = True
-        self.port._on_closed()
-        if force:
-            # Our side ended the port: drop undelivered input, deliver Closed now.
+        if not self._closed_queued:
+            self._closed_queued = True
+            self.port._on_closed()
+            if not force:
+                self._hold(Closed(self.port, reason))
+                self._flush()
+                return
             self._pending.clear()
             self._hold(Closed(self.port, reason))
-            self._flush(force_head=True)
-            if not self._finished:
-                self._force_closed()
+        elif not force:
+            return
         else:
-            self._hold(Closed(self.port, reason))
-            self._flush()
+            # Closed is queued behind undelivered input: drop the input, keep Closed.
+            closed = [m for m in self._pending if isinstance(m, Closed)]
+            self._pending.clear()
+            for message in closed:
+                self._hold(message)
+        # Our side ended the port: drop undelivered input, deliver Closed now.
+        self._flush(force_head=True)
+        if not self._finished:
+            self._force_closed()
 
     def _force_closed(self) -> None:
         """The inbox is full but Closed must arrive: put it in past the capacity."""
