@@ -74,6 +74,16 @@ def snapshot(d: DaemonProcess) -> dict[str, int]:
     }
 
 
+def limit_keys() -> set[str]:
+    """The ``[limits]`` keys this checkout's daemon knows (newer ones are used in a
+    config only once they exist)."""
+    from dataclasses import fields
+
+    from ioserver.config import LimitsConfig
+
+    return {f.name for f in fields(LimitsConfig)}
+
+
 def mib(n: float) -> float:
     return round(n / MIB, 1)
 
