@@ -4,11 +4,16 @@ A :class:`StreamDriver` is both the port's driver and the transport's asyncio
 protocol (one object per connection). Reading pauses when the inbox is full or
 the port is passive; the transport's write buffer limits are the port's water
 marks, so ``pause_writing``/``resume_writing`` make the port busy and idle.
+
+A :class:`ListenerDriver` owns its listening sockets and accepts with
+``add_reader``, so that a full inbox (``Accepted`` not taken) stops accepting
+as it stops reading a connection: the kernel's backlog holds the clients.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -18,7 +23,15 @@ from ..port import Port
 from .base import Driver
 from .options import PortOptions, take_options
 
-__all__ = ["ListenerDriver", "StreamDriver", "connect", "listen"]
+__all__ = ["ACCEPT_BATCH", "ListenerDriver", "StreamDriver", "connect", "listen", "tcp_sockets"]
+
+log = logging.getLogger("ioserver")
+
+#: Accepted connections on their way to ``Accepted`` at a time (per listener);
+#: also the most a listener accepts past a full inbox.
+ACCEPT_BATCH = 16
+#: Seconds a listener waits after accept() failed for lack of resources (EMFILE...).
+ACCEPT_RETRY_DELAY = 1.0
 
 OpenFn = Callable[[Callable[[], asyncio.Protocol]], Coroutine[Any, Any, Any]]
 
@@ -115,22 +128,45 @@ class StreamDriver(Driver, asyncio.Protocol):
 
 
 class ListenerDriver(Driver):
-    """A listening socket: each connection becomes a new Port, announced by ``Accepted``."""
+    """Listening sockets: each connection becomes a new Port, announced by ``Accepted``.
+
+    The driver accepts itself (``add_reader`` + ``accept``; asyncio's and
+    uvloop's servers cannot pause), so accepting obeys the port's flow control
+    like reading does: while the inbox is full (nobody takes ``Accepted``)
+    the listening socket is not watched and new clients wait in the kernel's
+    backlog. Accepted sockets become transports through
+    ``connect_accepted_socket``; at most ``ACCEPT_BATCH`` of them are on
+    their way (accepted, ``Accepted`` not yet delivered) at a time, so a full
+    inbox stops the listener within that many connections.
+    """
 
     kind = "tcp-listener"
 
     def __init__(
-        self, server: Any, port: Port, kind: str, conn_options: PortOptions, conn_inbox: Any
+        self,
+        server: Any,
+        port: Port,
+        kind: str,
+        conn_options: PortOptions,
+        conn_inbox: Any,
+        socks: list[socket.socket],
     ) -> None:
         super().__init__(server, port, active=True)
         self.kind = f"{kind}-listener"
         self.conn_kind = kind
         self.conn_options = conn_options
         self.conn_inbox = conn_inbox
-        self.server_obj: asyncio.AbstractServer | None = None
+        self.socks = socks
         self.accepted = 0
+        self._armed = False  # the listening sockets are watched
+        self._in_flight = 0  # accepted, transport being made, Accepted not delivered yet
+        self._retry: asyncio.TimerHandle | None = None  # backing off after EMFILE & co
         #: Called once when the listener closes (the Unix driver removes its file).
         self.on_close: Callable[[], object] | None = None
+
+    def start(self) -> None:
+        """Loop thread: start accepting."""
+        self._arm()
 
     def new_connection(self) -> StreamDriver:
         """The protocol factory for accepted connections (loop thread)."""
@@ -138,19 +174,99 @@ class ListenerDriver(Driver):
         conn = Port(self.server, self.conn_kind, self.conn_inbox, high_water=opts.high_water)
         driver = _AcceptedDriver(self.server, conn, self.conn_kind, **opts.driver_kwargs())
         driver.listener = self  # set before connection_made, which reads it
-        self.accepted += 1
         return driver
+
+    # Accepting.
+
+    def _arm(self) -> None:
+        if self._armed or not self.socks or self._retry is not None:
+            return
+        if not self._reading or self._in_flight >= ACCEPT_BATCH:
+            return
+        loop = self.server.loop
+        for sock in self.socks:
+            loop.add_reader(sock.fileno(), self._on_acceptable, sock)
+        self._armed = True
+
+    def _disarm(self) -> None:
+        if not self._armed:
+            return
+        self._armed = False
+        loop = self.server.loop
+        for sock in self.socks:
+            loop.remove_reader(sock.fileno())
+
+    def _on_acceptable(self, sock: socket.socket) -> None:
+        """A listening socket is readable: accept while the port may take more."""
+        loop = self.server.loop
+        while self._reading and self._in_flight < ACCEPT_BATCH:
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while queued
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS...: back off, as asyncio does
+                log.warning("ioserver: %r cannot accept (%s); retrying in 1 s", self.port, exc)
+                self._disarm()
+                self._retry = loop.call_later(ACCEPT_RETRY_DELAY, self._after_backoff)
+                return
+            self._in_flight += 1
+            self.accepted += 1
+            loop.create_task(self._connect(conn))
+        self._disarm()  # the inbox is full, or enough connections are on their way
+
+    def _after_backoff(self) -> None:
+        self._retry = None
+        if not self._closed_queued:
+            self._arm()
+
+    async def _connect(self, conn: socket.socket) -> None:
+        """Make an accepted socket a transport; its driver delivers ``Accepted``."""
+        made: list[StreamDriver] = []
+
+        def factory() -> StreamDriver:
+            driver = self.new_connection()
+            made.append(driver)
+            return driver
+
+        try:
+            conn.setblocking(False)
+            await self.server.loop.connect_accepted_socket(factory, conn)
+        except Exception as exc:
+            log.warning("ioserver: %r: an accepted connection failed: %r", self.port, exc)
+            conn.close()
+            for driver in made:  # never connected: leave nothing registered behind
+                driver._closed_queued = True
+                driver.port._on_closed()
+                driver._after_closed()
+        finally:
+            self._in_flight -= 1
+            if not self._closed_queued:
+                self._arm()
+
+    # Driver hooks.
+
+    def _pause_reading(self) -> None:
+        self._disarm()
+
+    def _resume_reading(self) -> None:
+        self._arm()
 
     def _close_transport(self) -> None:
         self._abort()
         self.finish()
 
     def _abort(self) -> None:
-        if self.server_obj is not None:
-            self.server_obj.close()
-            self.server_obj = None
-            if self.on_close is not None:
-                self.on_close()
+        self._disarm()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        socks, self.socks = self.socks, []
+        for sock in socks:
+            sock.close()
+        if socks and self.on_close is not None:
+            self.on_close()
 
     def begin_stop(self) -> None:
         self._abort()  # stop accepting; connections are closed by their own drivers
@@ -158,6 +274,8 @@ class ListenerDriver(Driver):
     def info(self) -> dict[str, Any]:
         info = super().info()
         info["accepted"] = self.accepted
+        info["accepting"] = self._armed
+        info["in_flight"] = self._in_flight
         return info
 
 
@@ -214,28 +332,64 @@ def connect(server: Any, kind: str, open_fn: OpenFn, options: dict[str, Any]) ->
 def listen(
     server: Any,
     kind: str,
-    open_fn: Callable[..., Coroutine[Any, Any, Any]],
+    open_fn: Callable[[int], Coroutine[Any, Any, list[socket.socket]]],
     options: dict[str, Any],
 ) -> Port:
-    """Client side: start a listener with ``open_fn(factory, backlog)``; block until bound."""
+    """Client side: bind with ``open_fn(backlog)`` on the loop (it returns the listening
+    sockets), start accepting; block until bound or raise its OSError."""
     opts, extra = take_options(dict(options), "conn_inbox", "backlog")
     port = Port(server, f"{kind}-listener", opts.inbox)
     conn_inbox = extra.get("conn_inbox", opts.inbox)
     backlog = extra.get("backlog", 128)
 
     async def open_listener() -> None:
-        driver = ListenerDriver(server, port, kind, opts, conn_inbox)
+        socks = await open_fn(backlog)
         try:
-            srv = await open_fn(driver.new_connection, backlog)
+            driver = ListenerDriver(server, port, kind, opts, conn_inbox, socks)
+            port.info_extra["address"] = _address(socks[0].getsockname())
+            driver.start()
         except BaseException:
-            driver._closed_queued = True
-            port._on_closed()
-            driver._after_closed()
+            for sock in socks:
+                sock.close()
             raise
-        driver.server_obj = srv
-        sockets = srv.sockets or ()
-        if sockets:
-            port.info_extra["address"] = _address(sockets[0].getsockname())
 
     server._run_coroutine(open_listener)
     return port
+
+
+async def tcp_sockets(
+    loop: asyncio.AbstractEventLoop, host: str | None, port: int, backlog: int
+) -> list[socket.socket]:
+    """Listening TCP sockets for ``host:port`` (every address it resolves to, as
+    ``loop.create_server`` binds): SO_REUSEADDR, IPv6 sockets v6-only, non-blocking.
+    A numeric host is resolved here at once; a name by the loop's resolver."""
+    flags = socket.AI_PASSIVE
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, 0, socket.SOCK_STREAM, 0, flags | socket.AI_NUMERICHOST
+        )
+    except socket.gaierror:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
+    socks: list[socket.socket] = []
+    try:
+        for family, type_, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, type_, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise OSError(
+                    exc.errno, f"error while attempting to bind on address {address!r}: {exc}"
+                ) from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+        if not socks:
+            raise OSError(f"no address to listen on for {host!r}")
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks

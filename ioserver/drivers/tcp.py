@@ -22,7 +22,7 @@ def connect(server: Any, host: str, port: int, options: dict[str, Any]) -> Port:
 def listen(server: Any, host: str, port: int, options: dict[str, Any]) -> Port:
     """Client side of ``IOServer.listen_tcp``."""
 
-    def open_fn(factory: Any, backlog: int) -> Any:
-        return server.loop.create_server(factory, host, port, backlog=backlog, reuse_address=True)
+    def open_fn(backlog: int) -> Any:
+        return stream.tcp_sockets(server.loop, host, port, backlog)
 
     return stream.listen(server, "tcp", open_fn, options)
