@@ -23,6 +23,11 @@ Who writes what, without a lock shared with the loop thread:
     updates ``_processed`` then wakes every parked writer. Either the writer's
     re-check sees the progress or the loop sees the writer ([1] deque
     operations and attribute reads/writes are atomic).
+
+Fork: a port inherited by a child of ``os.fork`` is closed in the child (its
+I/O stays the parent's; see server.py): ``send`` raises PortClosed, the next
+message is ``Closed(port, "forked")`` (messages it had buffered belong to the
+parent and are dropped), then its own inbox is closed.
 """
 
 from __future__ import annotations

@@ -26,6 +26,16 @@ logged. Nobody stays blocked.
 
 Embedded mode installs no signal handlers (lesson 11). A blocking call made on
 the I/O thread raises at once instead of deadlocking (lesson 8).
+
+Fork: the child of ``os.fork`` has a copy of every server but not its I/O
+thread, so at the fork (``os.register_at_fork``) the child's copies are
+stopped: ``stop()`` and interpreter exit return at once, every method raises
+ServerStopped("... inherited through fork ..."), ``default()`` makes a fresh
+server. Each inherited port is closed in the child: ``send`` raises PortClosed,
+and its next message is ``Closed(port, "forked")`` (what it had buffered is the
+parent's and is dropped), after which its own inbox is closed. The child never
+touches the loop, its transports or their fds (its copies of the wakeup pipe
+are closed), so the parent's server and ports go on unaffected.
 """
 
 from __future__ import annotations
@@ -34,8 +44,10 @@ import asyncio
 import atexit
 import contextlib
 import logging
+import os
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Coroutine
 from time import monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -104,6 +116,8 @@ class IOServer:
         #: The exception that killed the loop thread, if one did.
         self.failure: BaseException | None = None
         self.loop_type = ""
+        self._inherited = False  # a forked child's copy (see _forked)
+        _SERVERS.add(self)
 
     def __repr__(self) -> str:
         return f"<IOServer {self._name} {self._state}>"
@@ -114,6 +128,8 @@ class IOServer:
         """Start the I/O thread (idempotent) and return self once the loop runs."""
         with self._state_lock:
             if self._state != NEW:
+                if self._inherited:
+                    raise ServerStopped(self._wakeup._why)
                 if self._state in (STOPPED, DEAD):
                     raise ServerStopped(f"{self!r} cannot be restarted; make a new IOServer")
                 return self
@@ -128,7 +144,10 @@ class IOServer:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop: flush pending writes for up to ``timeout`` s, close every port, end
         the thread. Idempotent. Returns when the thread has ended (or after
-        ``timeout`` + 5 s if the loop is wedged, with a warning)."""
+        ``timeout`` + 5 s if the loop is wedged, with a warning). In a forked child
+        the copy was stopped at the fork: returns at once."""
+        if self._inherited:
+            return
         with self._state_lock:
             state = self._state
             if state == NEW:
@@ -210,6 +229,25 @@ class IOServer:
             driver.stop("server stopped")
         self._wakeup.close(ServerStopped("the I/O server stopped before running this request"))
         self._loop.stop()  # type: ignore[union-attr]
+
+    def _forked(self) -> None:
+        """In a forked child (see the module docstring): this copy's I/O thread
+        stayed in the parent. Stop the copy and close its ports without touching
+        the loop, which is the parent's (its epoll and sockets are shared)."""
+        self._inherited = True
+        # Other threads of the parent may have held these at the fork.
+        self._state_lock = threading.Lock()
+        self._started = threading.Event()
+        self._stopped = threading.Event()
+        self._started.set()
+        self._stopped.set()
+        if self._state != DEAD:
+            self._state = STOPPED  # a NEW one too: its pipe is the parent's
+        for driver in list(self._drivers):
+            try:
+                driver._forked()
+            except Exception:  # a child must not die of the parent's state
+                log.exception("ioserver: closing %r in a forked child failed", driver)
 
     def _crash_cleanup(self, exc: BaseException) -> None:
         reason = ServerStopped(f"the I/O thread died: {exc!r}")
@@ -447,6 +485,19 @@ def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
 
 _default: IOServer | None = None
 _default_lock = threading.Lock()
+
+#: Every IOServer of the process, for the fork handler.
+_SERVERS: weakref.WeakSet[IOServer] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _default_lock
+    _default_lock = threading.Lock()  # another thread may have held it at the fork
+    for server in list(_SERVERS):
+        server._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def default() -> IOServer:

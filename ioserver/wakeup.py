@@ -46,9 +46,12 @@ raises ServerStopped; gone means the final drain handled it. So each submit
 falls completely before the shutdown (its request is run or rejected with a
 callback) or completely after it (submit raises).
 
-Fork (lesson 11): the pipe is close-on-exec, and a forked child's copy of a
-server is marked done (``os.register_at_fork``), so a child never writes the
-parent's pipe.
+Fork (lesson 11): the pipe is close-on-exec, and in a forked child every
+copy of a queue is marked done (``os.register_at_fork``), its queued requests
+(the parent's) dropped and the child's copies of the pipe fds closed: the loop
+thread does not exist in the child, so a submit there raises ServerStopped
+("... inherited through fork ...") at once, and a child never writes the
+parent's pipe. (Closing the child's copies leaves the parent's pipe open.)
 """
 
 from __future__ import annotations
@@ -115,6 +118,8 @@ class Wakeup:
         # (only at shutdown, never on the hot path).
         self._lock = threading.Lock()
         self._done = False
+        # What a submit after the end raises with (fork changes it).
+        self._why = "the I/O server has stopped"
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Guards closing the pipe against a producer inside write() (see _write_pipe).
         self._fd_lock = threading.Lock()
@@ -160,7 +165,7 @@ class Wakeup:
         otherwise sleep past it.
         """
         if self._done:
-            raise ServerStopped("the I/O server has stopped")
+            raise ServerStopped(self._why)
         request = (fn, args, reject)
         self._queue.append(request)
         if self._done:
@@ -201,7 +206,7 @@ class Wakeup:
             for i, item in enumerate(list(self._queue)):
                 if item is request:
                     del self._queue[i]
-                    raise ServerStopped("the I/O server has stopped")
+                    raise ServerStopped(self._why)
         # Not there: the final drain took it, so it was run or rejected.
 
     # -- loop side ------------------------------------------------------------------
@@ -314,14 +319,15 @@ class Wakeup:
                     reject(exc)
                 except Exception:
                     log.exception("ioserver: reject callback %r failed", reject)
-        if self._loop is not None and not self._loop.is_closed():
+        if self._loop is not None and self._rfd >= 0 and not self._loop.is_closed():
             try:
                 self._loop.remove_reader(self._rfd)
             except Exception:  # the loop may be half torn down after a crash
                 pass
         with self._fd_lock:
-            os.close(self._rfd)
-            os.close(self._wfd)
+            for fd in (self._rfd, self._wfd):
+                if fd >= 0:  # -1: closed already (a forked child's copy)
+                    os.close(fd)
             self._rfd = self._wfd = -1
 
     @property
@@ -333,6 +339,28 @@ class Wakeup:
         """Requests queued now (a hint: exact only on the loop thread)."""
         return len(self._queue)
 
+    def _forked(self) -> None:
+        """In a forked child: the loop thread that drains this queue stayed in the
+        parent. Refuse every submit, drop the parent's requests, close the child's
+        copies of the pipe (the parent's stay open)."""
+        self._done = True
+        self._why = (
+            "the I/O server was inherited through fork: its I/O thread runs in the "
+            "parent process only; make a new IOServer in the child"
+        )
+        # Another thread of the parent may have held these at the fork; it does
+        # not exist here, so they would never be released.
+        self._lock = threading.Lock()
+        self._fd_lock = threading.Lock()
+        self._queue.clear()
+        for fd in (self._rfd, self._wfd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._rfd = self._wfd = -1
+
 
 _LIVE: weakref.WeakSet[Wakeup] = weakref.WeakSet()
 
@@ -340,7 +368,7 @@ _LIVE: weakref.WeakSet[Wakeup] = weakref.WeakSet()
 def _after_fork_in_child() -> None:
     # The child has the parent's fds but not its loop thread: refuse submits.
     for wakeup in list(_LIVE):
-        wakeup._done = True
+        wakeup._forked()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -33,6 +33,7 @@ Faults (lesson 9): an exception in a driver callback becomes ``Error`` then
 from __future__ import annotations
 
 import logging
+import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -413,6 +414,31 @@ class Driver:
         if self.port._own_inbox:
             self.inbox.close()
         self.server._unregister(self)
+
+    def _forked(self) -> None:
+        """In a forked child (``IOServer._forked``), not on any loop: the port was
+        inherited and its I/O stays the parent's. Close the child's copy of the port:
+        drop what its inbox buffered (the parent's), deliver ``Closed(port,
+        "forked")``, close its own inbox. Never touches the transport, the loop or
+        their fds, which the parent still uses."""
+        if self._finished:
+            return
+        self._finished = True  # nothing here runs this driver again
+        port = self.port
+        port._closed = True
+        inbox = self.inbox
+        if type(inbox).__module__ != Channel.__module__:
+            return  # a special inbox (the daemon's sink writes to a shared socket)
+        if inbox._lock.locked():
+            # Held by a thread of the parent at the fork: it will never be released.
+            inbox._lock = threading.Lock()
+        inbox._take_matching(lambda m: getattr(m, "port", None) is port)
+        try:
+            inbox._put_overflow(Closed(port, "forked"))
+        except ChannelClosed:
+            pass
+        if port._own_inbox:
+            inbox.close()
 
     # -- commands from the Port (loop thread) -------------------------------------
 
