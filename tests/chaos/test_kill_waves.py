@@ -87,6 +87,9 @@ class SteadyClient:
                     and self.sent.count - self.got.count < self.window
                     and self.sent.count < self.rate * (time.monotonic() - t0)
                 ):
+                    # (event() leaves its short timeout on the socket: a busy daemon
+                    # may take longer than that to read us, which is no loss.)
+                    c.sock.settimeout(10)
                     c.notify("send", self.port, self.sent.chunk(16 * 1024))
                     continue
                 try:
