@@ -147,7 +147,13 @@ def listener_race(socket_path: str, nbytes: int) -> tuple[int, str]:
         conn = None
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            name, params = c.event(timeout=max(0.0, deadline - time.monotonic()))
+            try:
+                name, params = c.event(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return got.count, (
+                    f"no event in 10 s: accepted={conn is not None}, "
+                    f"{got.count} of {nbytes} bytes, peer finished={done.is_set()}"
+                )
             if name == "accepted" and params[0] == listener:
                 conn = params[1]
             elif name == "data" and params[0] == conn:
