@@ -58,6 +58,18 @@ receiver that was handed a message and is cancelled before it runs puts the
 message back at the head of the channel (into a free slot it still holds, for a
 bounded channel); a sender never has its message taken while it can still be
 cancelled (see ``_SLOT``/``_WANT``).
+
+Interrupts (threads). The main thread is the one a signal handler can
+interrupt (Ctrl-C: KeyboardInterrupt), and it is treated like a coroutine:
+parked as a sender it has a :class:`~ioserver.sched.MainThreadWakeup`, which
+wakers never store or take a message for (``_SLOT``/``_WANT`` instead of
+``_SENT``); so its message may land after those of senders that parked later.
+An exception raised while a thread is parked ends the call at once: the
+undo (``_undo_recv``/``_undo_send``) runs through
+:func:`~ioserver.sched.shielded`, withdraws the parked entry, or puts a message
+it was handed back at the head (into the slot it still holds), or gives back
+the slot or the "come and hand it over" it was woken with, and then the
+exception propagates. See docs/architecture.md ("Guarantees").
 """
 
 from __future__ import annotations
@@ -72,7 +84,14 @@ from time import monotonic as _now
 from time import sleep as _sleep
 from typing import Any, Generic, TypeVar
 
-from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle, WokenThenCancelled
+from .sched import (
+    AsyncWakeup,
+    ThreadWakeup,
+    WakeupHandle,
+    WokenThenCancelled,
+    shielded,
+    thread_wakeup,
+)
 
 __all__ = ["Channel", "ChannelClosed", "ChannelStatistics", "Empty", "Full"]
 
@@ -177,6 +196,7 @@ class Channel(Generic[T]):
 
     __slots__ = (
         "__weakref__",
+        "_anchor",
         "_buf",
         "_capacity",
         "_closed",
@@ -206,6 +226,10 @@ class Channel(Generic[T]):
 
     def __init__(self, capacity: int | None = None) -> None:
         self._capacity = capacity
+        # A port's inbox: what must live as long as it does, so the port's messages
+        # reach whoever holds the inbox (drivers/base.py, "Lifetime"): the Port
+        # whose own inbox it is, or the set of ports sharing it; None otherwise.
+        self._anchor: Any = None
         # Buffered messages; fast paths append/popleft without the lock ([1]).
         self._buf: deque[Any] = deque()
         # Guards the waiter queues, the close state and every slow-path move.
@@ -434,17 +458,28 @@ class Channel(Generic[T]):
 
     def _take_matching(self, predicate: Callable[[Any], bool]) -> list[Any]:
         """Remove and return the buffered messages for which ``predicate`` is true,
-        in order, keeping the others in order (``Port.transfer``)."""
+        in order, keeping the others in order (``Port.transfer``).
+
+        Exception-safe: if ``predicate`` raises, nothing is taken; every message
+        stays where it was, in order, and the exception propagates.
+        """
         with self._lock:
             buf = self._buf
+            # Decide on a snapshot first (predicate may raise; the buffer is
+            # untouched until every answer is in). Fast-path receivers may
+            # take messages from the head meanwhile, never from the middle.
+            items = list(buf)
+            chosen = {id(item) for item in items if predicate(item)}
+            if not chosen:
+                return []
             taken: list[Any] = []
             kept: list[Any] = []
             while True:
                 try:
-                    item = buf.popleft()  # fast-path receivers may take some meanwhile
+                    item = buf.popleft()
                 except IndexError:
                     break
-                (taken if predicate(item) else kept).append(item)
+                (taken if id(item) in chosen else kept).append(item)
             buf.extendleft(reversed(kept))
             if isinstance(self, _Bounded) and taken:
                 self._room.extend([None] * len(taken))
@@ -724,9 +759,13 @@ class _Bounded(Channel[T]):
             while senders:
                 handle, index, value = senders.popleft()
                 if handle.claim():
-                    if isinstance(handle, ThreadWakeup):
-                        # A thread cannot be cancelled: store its message now,
-                        # so parked senders' messages keep their arrival order.
+                    if type(handle) is ThreadWakeup:
+                        # A thread other than the main one cannot be
+                        # interrupted: store its message now, so parked
+                        # senders' messages keep their arrival order. (A
+                        # coroutine or the main thread gets a slot and stores
+                        # its message itself: cancelled or interrupted, it
+                        # has stored nothing.)
                         self._buf.append(value)
                         handle.payload = (index, _SENT)
                         stored = True
@@ -865,16 +904,19 @@ def _hand_to_receiver(ch: Channel[Any], value: Any) -> bool:
 
 def _head_sender(ch: Channel[Any], own: WakeupHandle | None = None) -> str | None:
     """Rendezvous, lock held: "thread" or "coroutine" for the first live parked
-    sender other than ``own`` (dropping stale entries), None if there is none."""
+    sender other than ``own`` (dropping stale entries), None if there is none.
+
+    "coroutine" means "must hand its message over itself": a coroutine, or
+    the main thread (a MainThreadWakeup), which a signal may interrupt."""
     senders = ch._senders
     while senders:
         handle = senders[0][0]
         if not handle.claimed:
             if handle is not own:
-                return "coroutine" if isinstance(handle, AsyncWakeup) else "thread"
+                return "thread" if type(handle) is ThreadWakeup else "coroutine"
             for entry in senders:  # rare: a select sending and receiving here
                 if entry[0] is not own and not entry[0].claimed:
-                    return "coroutine" if isinstance(entry[0], AsyncWakeup) else "thread"
+                    return "thread" if type(entry[0]) is ThreadWakeup else "coroutine"
             return None
         senders.popleft()
     ch._swake = ch._closed
@@ -883,12 +925,13 @@ def _head_sender(ch: Channel[Any], own: WakeupHandle | None = None) -> str | Non
 
 def _take_from_sender(ch: Channel[Any]) -> Any:
     """Rendezvous, lock held: take the message of the first parked sender if it
-    is a thread; ``_NOTHING`` otherwise (a coroutine sender must hand it over
-    itself, so that a cancelled one has delivered nothing)."""
+    is a thread other than the main one; ``_NOTHING`` otherwise (a coroutine or
+    the main thread must hand it over itself, so that a cancelled or
+    interrupted one has delivered nothing)."""
     senders = ch._senders
     while senders:
         handle, index, value = senders[0]
-        if isinstance(handle, AsyncWakeup):
+        if type(handle) is not ThreadWakeup:
             if not handle.claimed:
                 return _NOTHING
             senders.popleft()  # stale: its asend/aselect ended (timeout, another op)
@@ -986,6 +1029,7 @@ def _recv_slow(ch: Channel[Any], timeout: float | None, nowait: bool = False) ->
                     if ch._swake:
                         ch._admit()
                 return value
+    bounded = isinstance(ch, _Bounded)
     while True:
         with ch._lock:
             value = _try_recv_locked(ch)
@@ -1001,19 +1045,28 @@ def _recv_slow(ch: Channel[Any], timeout: float | None, nowait: bool = False) ->
         try:
             woken = handle.park(None if deadline is None else max(0.0, deadline - _now()))
         except BaseException:  # interrupted (KeyboardInterrupt, a signal handler)
-            if handle.abort():
-                ch._sel_unregister(handle)
-            elif handle.payload[1] is not _RETRY:
-                ch._sel_unrecv(handle.payload[1])  # handed to us just now: put it back
+            shielded(_undo_recv, ch, handle)
             raise
+        # No call into C between the park and the return below (unbounded,
+        # rendezvous), so no signal handler runs there: the first place one
+        # can run is the park's own, covered above.
         if not woken:
             ch._sel_unregister(handle)
             raise TimeoutError("recv timed out")
         value = handle.payload[1]
         if value is not _RETRY:
-            if isinstance(ch, _Bounded):
+            if bounded:
                 ch._sel_release_slot()
             return value
+
+
+def _undo_recv(ch: Channel[Any], handle: ThreadWakeup) -> None:
+    """A parked ``recv`` was interrupted: withdraw it, or put back at the head
+    the message a waker handed it (into the slot it still holds, if bounded)."""
+    if handle.abort():
+        ch._sel_unregister(handle)
+    elif handle.payload[1] is not _RETRY:
+        ch._sel_unrecv(handle.payload[1])
 
 
 async def _arecv_slow(ch: Channel[Any], timeout: float | None) -> Any:
@@ -1058,14 +1111,14 @@ def _send_slow(ch: Channel[Any], value: Any, timeout: float | None, nowait: bool
                 raise Full(value)
             if timeout is not None and timeout <= 0:
                 raise TimeoutError("send timed out")
-            handle = ThreadWakeup()
+            handle = thread_wakeup()
             ch._park_sender((handle, 0, value))
             ch._on_sender_parked()
         try:
             woken = handle.park(None if deadline is None else max(0.0, deadline - _now()))
-        except BaseException:  # interrupted: withdraw, unless the send already happened
-            if handle.abort():
-                ch._sel_unregister(handle)
+        except BaseException:  # interrupted: withdraw, or give back what we were woken with
+            if shielded(_undo_send, ch, handle):
+                return  # another thread's message was taken (see _undo_send)
             raise
         if not woken:
             ch._sel_unregister(handle)
@@ -1077,6 +1130,21 @@ def _send_slow(ch: Channel[Any], value: Any, timeout: float | None, nowait: bool
             raise ChannelClosed(ch, value)
         if mark is not _RETRY and ch._sel_claimed_send(value, mark):
             return
+
+
+def _undo_send(ch: Channel[Any], handle: ThreadWakeup) -> bool:
+    """A parked ``send`` was interrupted: withdraw it, or give back the slot or
+    the "come and hand it over" it was woken with. Returns True if the send
+    happened after all (``_SENT``: only a thread other than the main one, which
+    no signal reaches, has its message moved by a waker)."""
+    if handle.abort():
+        ch._sel_unregister(handle)
+        return False
+    mark = handle.payload[1]
+    if mark is _SENT:
+        return True
+    ch._sel_abandon(mark)
+    return False
 
 
 async def _asend_slow(ch: Channel[Any], value: Any, timeout: float | None) -> None:

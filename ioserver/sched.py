@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-After the Rust RFC that split green and native I/O (``shared/seeds/003``): a
+After the Rust RFC that split green and native I/O: a
 blocking operation calls ``task.block_after(f)``. ``block_after`` makes a fresh
 :class:`WakeupHandle`, hands it to ``f`` (which stores it somewhere a waker will
 find it, e.g. a channel's queue of waiting receivers) and then blocks until some
@@ -38,6 +38,32 @@ coroutine on one loop a coroutine on another.
 
 The claim is a non-blocking ``acquire`` of a ``_thread`` lock: documented as
 atomic, and free of any assumption about the GIL.
+
+Interrupts (Ctrl-C)
+-------------------
+Python runs signal handlers in the main thread only, between bytecodes: after
+a call into C returns, at a function's entry and at a loop's back edge; and
+inside a blocking ``acquire``, which then gives up. So a ``KeyboardInterrupt``
+(or any exception a handler raises) can surface in a parked main thread in
+two states: before any waker claimed its handle, or after one claimed it,
+stored its payload and released the park lock, which the interrupted
+``acquire`` may or may not have consumed. The woken thread usually waits
+for the GIL first, and a signal that arrives meanwhile is raised right after
+the wait: the wide window. Three rules keep such a block undoable:
+
+* ``unpark`` sets ``_unparked`` *after* it released the park lock, and
+  :meth:`ThreadWakeup.abort` waits for that flag, never for the lock (whose
+  release the interrupted sleeper may already have consumed);
+* the undo of an interrupted block runs through :func:`shielded`: in the
+  main thread it runs in a short-lived helper thread, where no signal handler
+  runs, so a second Ctrl-C cannot cut it in half; the main thread waits for
+  it and raises afterwards;
+* a main-thread sender parks on a :class:`MainThreadWakeup`: a waker never
+  moves its message for it (it is handed a slot or asked to come, as a
+  coroutine is), so an interrupted send has stored nothing.
+
+What this guarantees, and the windows a pure-Python core leaves, is in
+docs/architecture.md ("Guarantees").
 """
 
 from __future__ import annotations
@@ -46,22 +72,32 @@ import asyncio
 import contextlib
 import threading
 import time
-from _thread import allocate_lock
+from _thread import allocate_lock, start_new_thread
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "AsyncTask",
     "AsyncWakeup",
+    "MainThreadWakeup",
     "Task",
     "ThreadTask",
     "ThreadWakeup",
     "WakeupHandle",
     "WokenThenCancelled",
     "current_task",
+    "shielded",
+    "thread_wakeup",
 ]
 
 _get_ident = threading.get_ident
+_main_thread = threading.main_thread
+_sleep = time.sleep
+R = TypeVar("R")
+
+#: How long :meth:`ThreadWakeup.abort` waits for a waker's unpark when the
+#: sleeper's own claim may have been cut off by an exception (see there).
+_ABORT_PATIENCE = 1.0
 
 
 class WakeupHandle:
@@ -111,25 +147,35 @@ class ThreadWakeup(WakeupHandle):
     release pending for the thread's next block: not worth it.)
     """
 
-    __slots__ = ("_park",)
+    __slots__ = ("_park", "_self_claim", "_unparked")
 
     def __init__(self) -> None:
         super().__init__()
         # Created held: the sleeper blocks in acquire() until unpark releases it.
         self._park = allocate_lock()
         self._park.acquire()
+        # Set by unpark once the park lock is released (so the payload is
+        # stored): what abort() waits for. (_self_claim is set only by a timed
+        # park about to take its own claim, and read only by abort().)
+        self._unparked = False
 
     def unpark(self) -> None:
         self._park.release()
+        self._unparked = True
 
     def park(self, timeout: float | None = None) -> bool:
-        """Block the calling thread until woken (True) or ``timeout`` passes (False)."""
+        """Block the calling thread until woken (True) or ``timeout`` passes (False).
+
+        An exception raised while parked (a signal handler's) propagates; the
+        caller then ends the block with :meth:`abort`, never with another park.
+        """
         park = self._park
         if timeout is None:
             park.acquire()
             return True
         if timeout > 0 and park.acquire(True, timeout):
             return True
+        self._self_claim = True  # for abort(), should an exception follow the claim
         if self._claim.acquire(False):
             return False  # timed out; nobody can wake this handle any more
         # A waker won the claim just now; its unpark follows without blocking.
@@ -140,11 +186,90 @@ class ThreadWakeup(WakeupHandle):
         """End a block that is over without a wakeup (the sleeper gives up: an
         exception, a re-check that found it ready). True if that worked; False if
         a waker had claimed the handle first; then its payload is set when this
-        returns, and the caller must honour or undo it."""
+        returns, and the caller must honour or undo it.
+
+        Waits for the waker's ``_unparked``, not for the park lock: an
+        interrupted park may already have consumed that lock's release, and
+        waiting for it again would block for ever. A waker does nothing that
+        blocks between claim and unpark, so the wait is short. One case is
+        ambiguous: a timed park whose own claim succeeded just before a signal
+        handler raised (the result was lost). Then no unpark ever comes, and
+        after ``_ABORT_PATIENCE`` seconds the claim is taken to be our own.
+        """
         if self._claim.acquire(False):
             return True
-        self._park.acquire()  # the waker's unpark follows its claim without blocking
+        deadline = None
+        while not self._unparked:
+            _sleep(0)  # let the waker's thread run
+            if getattr(self, "_self_claim", False):
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + _ABORT_PATIENCE
+                elif now > deadline:
+                    return True
         return False
+
+
+class MainThreadWakeup(ThreadWakeup):
+    """A :class:`ThreadWakeup` of a thread that signal handlers can interrupt (the
+    main thread), parked as a *sender*.
+
+    Wakers treat it as they treat a coroutine: they never store or take its
+    message, they hand it a slot or ask it to come (see channel.py), so a
+    send interrupted while parked has stored nothing and can simply raise.
+    """
+
+    __slots__ = ()
+
+
+def thread_wakeup() -> ThreadWakeup:
+    """A handle for a parking *sender* in this thread: a :class:`MainThreadWakeup`
+    in the main thread (where signal handlers run), else a :class:`ThreadWakeup`."""
+    if _get_ident() == _main_thread().ident:
+        return MainThreadWakeup()
+    return ThreadWakeup()
+
+
+def shielded(undo: Callable[..., R], *args: Any) -> R:
+    """Run ``undo(*args)`` to its end although signal handlers may raise meanwhile.
+
+    For the undo of a block an exception interrupted. Signal handlers run in
+    the main thread only; there, ``undo`` runs in a short-lived helper thread,
+    where no handler can cut it in half, and this waits for it. An exception a
+    handler raises during the wait is raised once ``undo`` has finished
+    (instead of the one being handled, which becomes its context). Elsewhere
+    (or if no thread can be started) ``undo`` runs here. Returns what ``undo``
+    returns, or raises what it raised.
+    """
+    if _get_ident() != _main_thread().ident:
+        return undo(*args)
+    box: list[tuple[bool, Any]] = []
+    done = allocate_lock()
+    done.acquire()
+
+    def run() -> None:
+        try:
+            box.append((True, undo(*args)))
+        except BaseException as exc:  # handed to the waiting main thread
+            box.append((False, exc))
+        done.release()
+
+    try:
+        start_new_thread(run, ())
+    except RuntimeError:  # no thread to be had (interpreter shutdown): undo here
+        return undo(*args)
+    later: BaseException | None = None
+    while not box:  # box is filled before done is released: no acquire is consumed twice
+        try:
+            done.acquire()
+        except BaseException as exc:  # another signal: keep waiting, raise it after
+            later = exc
+    ok, value = box[0]
+    if later is not None:
+        raise later
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

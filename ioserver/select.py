@@ -23,6 +23,14 @@ Channel, a Port, a RemotePort) or a send, written ``(channel, value)``.
 4. Unregister from every operation, then finish: return ``(source, message)``
    for a receive, ``(channel, None)`` for a send.
 
+Interrupted (a signal handler raised while a thread select was parked, e.g.
+Ctrl-C): nothing happened, as for a cancelled ``aselect``. The undo runs
+through :func:`~ioserver.sched.shielded`: unregister everywhere, then give
+back what a waker handed over (a message to the head of its channel, a slot,
+a "come and hand it over"). A main-thread select parks on a
+:class:`~ioserver.sched.MainThreadWakeup`, so no waker moves a message of
+one of its sends.
+
 A closed source is ready: its buffered messages come first, then
 ChannelClosed with ``.channel`` set to the source as given.
 
@@ -45,7 +53,14 @@ from time import monotonic as _now
 from typing import Any, Protocol
 
 from .channel import _CLOSED, _NOTHING, _RETRY, _SENT, Channel, ChannelClosed
-from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle, WokenThenCancelled
+from .sched import (
+    AsyncWakeup,
+    ThreadWakeup,
+    WakeupHandle,
+    WokenThenCancelled,
+    shielded,
+    thread_wakeup,
+)
 
 __all__ = ["Selectable", "aselect", "select"]
 
@@ -168,18 +183,17 @@ def select(*ops: Any, timeout: float | None = None) -> tuple[Any, Any]:
         left = None if deadline is None else deadline - _now()
         if left is not None and left <= 0:
             raise TimeoutError("select timed out")
-        handle = ThreadWakeup()
+        handle = thread_wakeup()
         if not _register(prepared, start, handle):
             _unregister(prepared, handle)
             continue  # an operation turned ready while we registered: poll again
+        woken = None
         try:
             woken = handle.park(left)
-        except BaseException:  # interrupted: nothing happened, as for a cancelled aselect
             _unregister(prepared, handle)
-            if not handle.abort():
-                _undo(prepared, handle.payload)
+        except BaseException:  # interrupted: nothing happened, as for a cancelled aselect
+            shielded(_undo_interrupted, prepared, handle, woken)
             raise
-        _unregister(prepared, handle)
         if not woken:
             raise TimeoutError("select timed out")
         result = _finish(prepared, handle.payload)
@@ -224,8 +238,19 @@ async def aselect(*ops: Any, timeout: float | None = None) -> tuple[Any, Any]:
             return result
 
 
+def _undo_interrupted(ops: list[_Op], handle: ThreadWakeup, woken: bool | None) -> None:
+    """A thread select was interrupted while parked (``woken`` None) or while
+    unregistering after the park (``woken`` is what the park returned):
+    unregister everywhere and give back whatever a waker handed over."""
+    _unregister(ops, handle)  # idempotent
+    if woken is False:
+        return  # timed out: the handle's claim is ours, nobody handed anything over
+    if woken or not handle.abort():
+        _undo(ops, handle.payload)
+
+
 def _undo(ops: list[_Op], payload: tuple[int, Any]) -> None:
-    """A coroutine select was handed ``payload`` and then cancelled: give it back."""
+    """A select was handed ``payload`` and then cancelled or interrupted: give it back."""
     index, mark = payload
     is_send, src, _ = ops[index]
     if is_send:

@@ -1046,3 +1046,59 @@ def test_send_between_a_receivers_check_and_its_registration_is_not_lost(
     assert handle.park(0), "the receiver was not woken: a lost wakeup"
     assert handle.payload == (0, "x")
     assert len(ch) == 0
+
+
+class _Msg:
+    """A message whose ``port`` attribute raises for one of them (issue 12, item 6)."""
+
+    def __init__(self, name: str, port: object, broken: bool = False) -> None:
+        self.name = name
+        self._port = port
+        self._broken = broken
+
+    @property
+    def port(self) -> object:
+        if self._broken:
+            raise RuntimeError(f"{self.name}: port is broken")
+        return self._port
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@pytest.mark.parametrize("capacity", [None, 8], ids=["unbounded", "bounded"])
+def test_take_matching_loses_nothing_when_the_predicate_raises(capacity: int | None) -> None:
+    """Regression (issue 12, item 6): ``transfer()`` takes a port's messages out of
+    a shared inbox with ``getattr(m, "port", None) is port``; a message whose
+    ``port`` raised left the inbox with 1 message of 3. Now nothing moves: every
+    message stays, in order, and the exception propagates."""
+    mine, other = object(), object()
+    ch: Channel[_Msg] = Channel(capacity)
+    msgs = [_Msg("a", mine), _Msg("b", other, broken=True), _Msg("c", mine)]
+    for m in msgs:
+        ch.send(m)
+    with pytest.raises(RuntimeError, match="port is broken"):
+        ch._take_matching(lambda m: getattr(m, "port", None) is mine)
+    assert [ch.try_recv() for _ in range(3)] == msgs
+    assert len(ch) == 0
+    if capacity is not None:  # the slots add up
+        for i in range(capacity):
+            ch.try_send(_Msg(str(i), mine))
+        with pytest.raises(Full):
+            ch.try_send(_Msg("x", mine))
+
+
+def test_take_matching_takes_the_matches_in_order_and_keeps_the_rest() -> None:
+    mine, other = object(), object()
+    ch: Channel[_Msg] = Channel(capacity=4)
+    msgs = [_Msg("a", mine), _Msg("b", other), _Msg("c", mine), _Msg("d", other)]
+    for m in msgs:
+        ch.send(m)
+    assert ch._take_matching(lambda m: m.port is mine) == [msgs[0], msgs[2]]
+    assert [ch.try_recv(), ch.try_recv()] == [msgs[1], msgs[3]]
+    ch.try_send(_Msg("e", mine))
+    ch.try_send(_Msg("f", mine))
+    ch.try_send(_Msg("g", mine))
+    ch.try_send(_Msg("h", mine))  # the two taken slots came back
+    with pytest.raises(Full):
+        ch.try_send(_Msg("i", mine))
