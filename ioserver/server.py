@@ -255,11 +255,13 @@ class IOServer:
             try:
                 driver.stop("server died")
             except Exception:
-                log.exception("ioserver: closing %r after the crash failed", driver.port)
-                with contextlib.suppress(Exception):
-                    driver.port._on_closed()
-                    if driver.port._own_inbox:
-                        driver.inbox.close()
+                port = driver._port()
+                log.exception("ioserver: closing %r after the crash failed", port)
+                if port is not None:
+                    with contextlib.suppress(Exception):
+                        port._on_closed()
+                        if port._own_inbox:
+                            port._inbox.close()
         self._drivers.clear()
         self._wakeup.close(reason)
 
@@ -411,7 +413,10 @@ class IOServer:
         """Run a program (argv list, no shell): ``send`` writes its stdin, stdout
         arrives as ``Data``, stderr as ``Stderr`` (``stderr="merge"`` into Data, or
         ``"discard"``), then ``Exited(returncode)`` and ``Closed``. Options: ``cwd``,
-        ``env``, ``stderr``, plus the port options. Closing the port kills the child."""
+        ``env`` (the child's whole environment), ``stderr``, ``kill_timeout``, plus
+        the port options. The child runs in its own process group; closing the port
+        (or stopping the server) sends SIGTERM, then SIGKILL, to that group, so the
+        child's own children (a shell's commands) end with it."""
         from .drivers import process
 
         return process.spawn(self, argv, options)

@@ -40,6 +40,17 @@ SIGKILL after ``kill_timeout`` or half the stop budget, whichever is shorter,
 and waits (``flushing()``, bounded by the stop timeout) until each child is
 reaped. No zombies: every child is reaped while the loop runs.
 
+Process groups. Each child runs in its own process group (its pgid is its
+pid), and every signal above goes to the whole group: a shell's children
+(``sh -c "sleep 999; :"``) are terminated and killed with it, instead of
+living on with ppid 1. When the child is gone but its group is not (a
+grandchild ignored SIGTERM, or the child exited and left a descendant that
+holds its output pipes), closing or stopping the port sends the rest of the
+group SIGKILL. A descendant that made its own group or session (a daemon)
+has left ours and is not signalled. The group id is used while the child is
+unreaped, or while a member of the group still lives (which keeps the id
+from being reused).
+
 Signals and child watchers (lesson 11: embedded mode installs no signal handlers)
 -------------------------------------------------------------------------------
 What we found (CPython 3.11, uvloop 0.23, Linux):
@@ -193,7 +204,9 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
         if fd == 0:
             if self._stdin_state == "open":
                 self._stdin_state = "lost"
-            self.port._set_transport_busy(False)  # no resume_writing will come now
+            port = self._port()
+            if port is not None:  # None: collected (drivers/base.py, "Lifetime")
+                port._set_transport_busy(False)  # no resume_writing will come now
             return
         self._open_readers.discard(fd)
         try:
@@ -207,12 +220,19 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
 
     def process_exited(self) -> None:
         self._reaped = True
+        if self._closed_queued and (self._kill_handle is not None or self._sigkill_sent):
+            # We were ending the port and the child is gone: what is left of its
+            # group (grandchildren that outlived the SIGTERM) is killed now,
+            # before our pipes close and the driver forgets it.
+            self._signal_group(signal.SIGKILL)
         if self._kill_handle is not None:
             self._kill_handle.cancel()
             self._kill_handle = None
         if self.transport is not None:
             self.returncode = self.transport.get_returncode()
-        self.port.info_extra["returncode"] = self.returncode
+        port = self._port()
+        if port is not None:
+            port.info_extra["returncode"] = self.returncode
         if self._closed_queued:
             self._release()  # no Exited: the port already ended (closed, failed)
         else:
@@ -220,12 +240,6 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Everything ended (asyncio's own transports); _maybe_exited did the work."""
-
-    def pause_writing(self) -> None:
-        self.port._set_transport_busy(True)
-
-    def resume_writing(self) -> None:
-        self.port._set_transport_busy(False)
 
     def _maybe_exited(self) -> None:
         """Deliver Exited then Closed once the child is reaped and its output read."""
@@ -257,11 +271,18 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
     # -- signals ----------------------------------------------------------------------
 
     def _signal(self, sig: int) -> None:
-        if self._reaped or self.transport is None:
+        """Send ``sig`` to the child's process group (module docstring)."""
+        if self.transport is None:
+            return
+        if self._reaped:
+            if self._open_readers:  # a descendant still holds the child's pipes
+                self._signal_group(signal.SIGKILL)
             return
         if sig == signal.SIGKILL:
             self._sigkill_sent = True
-        try:
+        if self._signal_group(sig):
+            return
+        try:  # the child left its group: at least the child itself
             if isinstance(self.transport, _PidfdTransport):
                 self.transport.send_signal(sig)
             else:
@@ -270,9 +291,20 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
         except ProcessLookupError:
             pass
 
+    def _signal_group(self, sig: int) -> bool:
+        """``killpg`` the child's group; False if there is no such group (any more)."""
+        try:
+            os.killpg(self.transport.get_pid(), sig)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
     def _terminate(self, grace: float) -> None:
         """SIGTERM now and SIGKILL after ``grace`` seconds (SIGKILL now if grace <= 0)."""
-        if self._reaped or self.transport is None or self._sigkill_sent:
+        if self.transport is None or self._sigkill_sent:
+            return
+        if self._reaped:
+            self._signal(signal.SIGKILL)  # only what is left of its group, if anything
             return
         if grace <= 0:
             self._kill_now()
@@ -553,6 +585,7 @@ async def _spawn_pidfd(
         env=env,
         bufsize=0,
         close_fds=True,
+        process_group=0,  # its own group: signals reach its children too
     )
     try:
         pidfd = os.pidfd_open(popen.pid)
@@ -590,6 +623,7 @@ async def _spawn_asyncio(
         stderr=_STDERR_TARGET.get(stderr, subprocess.DEVNULL),
         cwd=cwd,
         env=env,
+        start_new_session=True,  # its own group (uvloop has no process_group)
     )
 
 
@@ -616,9 +650,10 @@ def spawn(server: Any, argv: Sequence[str], options: dict[str, Any]) -> Port:
     Options: ``cwd``, ``env`` (a mapping that *replaces* the environment, as in
     ``subprocess``), ``stderr`` ("separate", "merge" or "discard"),
     ``kill_timeout`` (seconds from SIGTERM to SIGKILL on close; 0: SIGKILL at
-    once), and the common port options (``packet`` applies to stdout; the
-    encoder to what ``send`` writes). Blocks until the child runs; raises its
-    OSError (FileNotFoundError, PermissionError, ...) if it cannot start.
+    once; both go to the child's process group), and the common port options
+    (``packet`` applies to stdout; the encoder to what ``send`` writes). Blocks
+    until the child runs; raises its OSError (FileNotFoundError,
+    PermissionError, ...) if it cannot start.
     """
     args = _check_argv(argv)
     opts, extra = take_options(dict(options), "cwd", "env", "stderr", "kill_timeout")
