@@ -56,9 +56,14 @@ Cost per byte (the decoders run on the I/O thread, for every read):
   holds a newline (each feed delivers every complete line), so a feed
   searches its new bytes only: the buffer is never rescanned.
 - ``1``, ``2``, ``4`` never scan: one header parse per frame.
-- msgpack: the C unpacker resumes a partial object where it stopped. Note that
-  a container header preallocates its declared length (8 bytes per element,
-  from a 5-byte header), bounded here by ``max_frame_bytes`` elements.
+- msgpack: the C unpacker resumes a partial object where it stopped. What an
+  object may *decode to* is bounded apart from its size (:class:`DecodeBudget`):
+  at most ``max_elements`` values in all (100k by default; an empty array is one
+  byte on the wire but some 60 bytes of Python object) nested at most
+  ``max_depth`` deep (64). A container header preallocates its declared length
+  (8 bytes per element), so it is refused at the header past ``max_elements``;
+  so is a str/bin/ext header that declares more than ``max_frame_bytes``. The
+  budget costs one hook call per array or map and one C-level pass over its items.
 
 Encoders (:class:`Encoder`) are the inverse: ``encode(frame) -> bytes``. They
 keep no state between calls, so one encoder may be shared between threads.
@@ -71,17 +76,22 @@ small enough that a peer can't make one connection buffer without bound.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, Generic, Literal, NoReturn, TypeAlias, TypeVar, overload
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 
 __all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "DEFAULT_MAX_ELEMENTS",
     "DEFAULT_MAX_FRAME_BYTES",
     "PACKET_MODES",
     "BytesLike",
+    "DecodeBudget",
+    "DecodeLimitError",
     "Decoder",
     "Encoder",
     "FrameError",
@@ -94,6 +104,8 @@ __all__ = [
     "PacketMode",
     "RawDecoder",
     "RawEncoder",
+    "declared_size",
+    "head_of_partial",
     "make_decoder",
     "make_encoder",
 ]
@@ -458,6 +470,143 @@ class LengthPrefixDecoder(Decoder[bytes]):
         return len(self._buf) + self._header_size if self._need >= 0 else len(self._buf)
 
 
+# --- what a msgpack object may decode to -----------------------------------------------
+
+DEFAULT_MAX_ELEMENTS: Final = 100_000
+"""Values one msgpack object may decode to by default (array items, map keys and values)."""
+DEFAULT_MAX_DEPTH: Final = 64
+"""How deep arrays and maps may nest in one msgpack object by default."""
+
+
+class DecodeLimitError(ValueError):
+    """A msgpack object decodes to more values, or nests deeper, than its budget allows."""
+
+
+class DecodeBudget:
+    """What one msgpack object may decode to: ``max_elements`` values, ``max_depth`` deep.
+
+    The size of an encoding says little about its decoded size: 16 MiB of empty
+    arrays (one byte each) are 16 million Python lists, some 1 GiB. msgpack's
+    ``Unpacker`` bounds each container's declared length (``max_array_len``,
+    ``max_map_len``: :meth:`unpacker_options`), not the total nor the nesting.
+    This does the rest from its ``list_hook``/``object_hook``, which the C
+    unpacker calls as each array or map completes (children before parents):
+    each adds its number of values to the total, and its depth is one more
+    than its deepest child's (kept by ``id`` for the object being decoded).
+    Past either bound the hook raises :class:`DecodeLimitError` and decoding
+    stops, so an object never gets much past twice the budget. Call
+    :meth:`reset` after each whole object.
+    """
+
+    __slots__ = ("_depths", "elements", "max_depth", "max_elements")
+
+    def __init__(
+        self, max_elements: int = DEFAULT_MAX_ELEMENTS, max_depth: int = DEFAULT_MAX_DEPTH
+    ) -> None:
+        if type(max_elements) is not int or max_elements < 1:
+            raise ValueError(f"max_elements={max_elements!r} must be an int >= 1")
+        if type(max_depth) is not int or max_depth < 1:
+            raise ValueError(f"max_depth={max_depth!r} must be an int >= 1")
+        self.max_elements = max_elements
+        self.max_depth = max_depth
+        self.elements = 0
+        self._depths: dict[int, int] = {}
+
+    def reset(self) -> None:
+        """Start counting the next object."""
+        self.elements = 0
+        self._depths.clear()
+
+    def unpacker_options(self, max_bytes: int) -> dict[str, Any]:
+        """The keyword arguments of ``msgpack.Unpacker`` that apply this budget to
+        objects of at most ``max_bytes`` (each element takes a byte at least, so a
+        container can't declare more; msgpack checks both at the header)."""
+        most = min(self.max_elements, max_bytes)
+        return {
+            "list_hook": self._array,
+            "object_hook": self._map,
+            "max_array_len": most,
+            "max_map_len": most,
+            "max_str_len": max_bytes,
+            "max_bin_len": max_bytes,
+            "max_ext_len": max_bytes,
+        }
+
+    def _array(self, value: list[Any]) -> list[Any]:
+        self._count(len(value), value, value)
+        return value
+
+    def _map(self, value: dict[Any, Any]) -> dict[Any, Any]:
+        self._count(2 * len(value), value, value.values())  # keys can't be containers
+        return value
+
+    def _count(self, n: int, container: object, children: Iterable[Any]) -> None:
+        self.elements += n
+        if self.elements > self.max_elements:
+            raise DecodeLimitError(
+                f"object decodes to more than {self.max_elements} values: "
+                f"limit max_elements={self.max_elements}"
+            )
+        depths = self._depths
+        depth = 1
+        if n:  # in C: the deepest child container (0 for scalars), one item at a time
+            depth += max(map(depths.get, map(id, children), itertools.repeat(0, n)))
+        if depth > self.max_depth:
+            raise DecodeLimitError(
+                f"object nests deeper than {self.max_depth}: limit max_depth={self.max_depth}"
+            )
+        depths[id(container)] = depth
+
+
+# First byte of a str, bin or ext header -> (header size, bytes of its length field).
+_SIZED_HEADERS: Final[dict[int, tuple[int, int]]] = {
+    0xC4: (2, 1),  # bin 8
+    0xC5: (3, 2),  # bin 16
+    0xC6: (5, 4),  # bin 32
+    0xD9: (2, 1),  # str 8
+    0xDA: (3, 2),  # str 16
+    0xDB: (5, 4),  # str 32
+    0xC7: (3, 1),  # ext 8 (then the type byte)
+    0xC8: (4, 2),  # ext 16
+    0xC9: (6, 4),  # ext 32
+}
+_HEAD_BYTES: Final = 6
+
+
+def declared_size(head: bytes) -> int | None:
+    """The encoded size (header included) that a str, bin or ext header declares, from
+    ``head``, the first bytes of an object; None if it is another type or ``head``
+    does not hold the length yet.
+
+    msgpack checks the declared length of an array or map at its header, but
+    waits for a str/bin/ext payload to arrive whole: this lets a decoder refuse
+    an object that could never fit before buffering its bytes.
+    """
+    sized = _SIZED_HEADERS.get(head[0]) if head else None
+    if sized is None:
+        return None
+    header, width = sized
+    if len(head) < 1 + width:
+        return None
+    return header + int.from_bytes(head[1 : 1 + width], "big")
+
+
+def head_of_partial(head: bytes, chunk: BytesLike, chunk_start: int, boundary: int) -> bytes:
+    """The first bytes (up to 6: the longest str/bin/ext header) of the partial object
+    starting at stream offset ``boundary``, after ``chunk`` (fed at stream offset
+    ``chunk_start``) left it incomplete; ``head`` is what the previous call returned.
+
+    Called after every feed that ends inside an object, so an object that began
+    in an earlier chunk has its head so far in ``head``, continued by this chunk.
+    """
+    if boundary >= chunk_start:  # it began in this chunk
+        i = boundary - chunk_start
+        return bytes(chunk[i : i + _HEAD_BYTES])
+    if len(head) >= _HEAD_BYTES:
+        return head
+    return head + bytes(chunk[: _HEAD_BYTES - len(head)])
+
+
 # What msgpack's unpacker raises on a bad stream: ValueError covers FormatError,
 # StackError (nesting too deep), UnicodeDecodeError (raw=False), bad timestamps
 # and its own length limits ("... exceeds max_bin_len"); TypeError is an
@@ -483,22 +632,31 @@ class MsgpackDecoder(Decoder[Any]):
     invalid UTF-8 str a FrameError; "surrogateescape" keeps the session alive.
     """
 
-    __slots__ = ("_boundary", "_fed", "_unpacker")
+    __slots__ = ("_boundary", "_budget", "_fed", "_head", "_unpacker")
 
     def __init__(
-        self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, unicode_errors: str = "strict"
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        *,
+        unicode_errors: str = "strict",
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         super().__init__("msgpack", max_frame_bytes)
+        self._budget = DecodeBudget(max_elements, max_depth)
         self._unpacker = msgpack.Unpacker(
             raw=False,
             strict_map_key=False,
             max_buffer_size=self.max_frame_bytes,
             unicode_errors=unicode_errors,
+            **self._budget.unpacker_options(self.max_frame_bytes),
         )
         # Bytes fed to the unpacker so far, and the stream offset just after the
-        # last whole object it returned: _fed - _boundary is the partial object.
+        # last whole object it returned: _fed - _boundary is the partial object,
+        # and _head its first bytes (see head_of_partial).
         self._fed = 0
         self._boundary = 0
+        self._head = b""
 
     def feed(self, data: BytesLike) -> list[Any]:
         if self._stopped is not None:
@@ -508,6 +666,7 @@ class MsgpackDecoder(Decoder[Any]):
         frames: list[Any] = []
         append = frames.append
         unpacker = self._unpacker
+        reset = self._budget.reset
         tell = unpacker.tell
         limit = self.max_frame_bytes
         fed = self._fed
@@ -520,22 +679,36 @@ class MsgpackDecoder(Decoder[Any]):
             # room > 0: the check at the end of the previous round guarantees it.
             room = limit - (fed - boundary)
             take = n - pos if n - pos <= room else room
-            unpacker.feed(data if take == n else memoryview(data)[pos : pos + take])
+            chunk = data if take == n else memoryview(data)[pos : pos + take]
+            unpacker.feed(chunk)
+            chunk_start = fed
             fed += take
             pos += take
             try:
                 for obj in unpacker:
                     append(obj)
+                    reset()
                     # Right after an object: tell() is its end. After OutOfData it
                     # may point inside the partial object (a parsed header).
                     boundary = tell()
+            except DecodeLimitError as exc:
+                self._fed, self._boundary = fed, boundary
+                self._fail(f"msgpack object at byte {boundary}: {exc}", frames)
             except _MSGPACK_ERRORS as exc:
                 self._fed, self._boundary = fed, boundary
                 self._fail(
                     f"malformed msgpack stream at byte {boundary}: {exc!r} "
-                    f"(max_frame_bytes={limit})",
+                    f"(max_frame_bytes={limit}, max_elements={self._budget.max_elements})",
                     frames,
                 )
+            if fed > boundary:
+                self._head = head = head_of_partial(self._head, chunk, chunk_start, boundary)
+                size = declared_size(head)
+                if size is not None and size > limit:
+                    self._fed, self._boundary = fed, boundary
+                    self._fail(
+                        f"msgpack object of {size} bytes exceeds max_frame_bytes={limit}", frames
+                    )
             if fed - boundary >= limit:
                 # The partial object already has ``limit`` bytes and needs more.
                 self._fed, self._boundary = fed, boundary
@@ -692,7 +865,7 @@ def make_decoder(
     if mode == "line":
         return LineDecoder(max_frame_bytes)
     if mode == "msgpack":
-        return MsgpackDecoder(max_frame_bytes)
+        return MsgpackDecoder(max_frame_bytes)  # with the default DecodeBudget
     return LengthPrefixDecoder(mode, max_frame_bytes)
 
 

@@ -42,8 +42,10 @@ What is recoverable and what is fatal (``ProtocolError.fatal``):
   is still in sync, so ``next_event`` goes on with the next message. The error
   carries ``msgid`` when one could be read, so a server can answer
   ``[1, msgid, [code, message], nil]``.
-- Bytes that are not msgpack, a message over ``max_message_bytes``, or a
-  stream that ends inside a message raise a fatal ProtocolError: the stream
+- Bytes that are not msgpack, a message over ``max_message_bytes`` (or one
+  that decodes to more than ``max_elements`` values or nests deeper than
+  ``max_depth``, when those are set), or a stream that ends inside a message
+  raise a fatal ProtocolError: the stream
   can't be re-synced (the decoder's position is lost), so the state becomes
   ERROR. A server sends a final ``error`` notification and closes.
 - Invalid UTF-8 inside a str never raises: it decodes with
@@ -61,9 +63,12 @@ resumes a partial message where it stopped, never rescanning: O(bytes
 received). A chunk is fed whole unless it would take the unparsed bytes past
 ``max_message_bytes``; then it is fed in slices (memoryviews, no copy), so
 the unpacker never holds more than the limit and a message over the limit is
-refused after exactly that many of its bytes. Validation is O(1) per message.
+refused after exactly that many of its bytes, or at its header when it starts
+with a str/bin/ext header that declares more. Validation is O(1) per message.
 The one exception is the unpacker's preallocation: a 5-byte array header
-preallocates its declared length (bounded by the limit), lazily mapped pages.
+preallocates its declared length (bounded by the limit, and by
+``max_elements``), lazily mapped pages. The decode budget adds a hook call
+per array or map and a C-level pass over its items (framing.DecodeBudget).
 
 Above the codec sit the shared tables: the method table (:data:`METHODS`,
 :data:`NOTIFICATIONS`, :data:`EVENTS`: names, parameter types, results, used
@@ -91,6 +96,14 @@ from typing import Any, Final, NoReturn, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 
+from .framing import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_ELEMENTS,
+    DecodeBudget,
+    DecodeLimitError,
+    declared_size,
+    head_of_partial,
+)
 from .messages import (
     Accepted,
     Closed,
@@ -339,15 +352,24 @@ class Connection:
     """One end of a msgpack-rpc stream: bytes in, events out; events in, bytes out.
 
     ``max_message_bytes`` bounds one incoming message (and so the bytes buffered
-    for it); outgoing messages are not limited here. The sending methods raise
+    for it); a message that starts with a str/bin/ext header declaring more is
+    refused at the header. ``max_elements`` and ``max_depth``, when given, bound
+    what one message may decode to (:class:`~ioserver.framing.DecodeBudget`: a
+    server must set them, since 16 MiB of empty arrays decode to 1 GiB of
+    lists); None trusts the peer, as a client trusts its server. Past any of
+    them: a fatal ProtocolError with code LIMIT naming the limit. Outgoing
+    messages are not limited here. The sending methods raise
     what msgpack raises for a value it can't encode (TypeError, OverflowError
     for an int outside int64/uint64): the caller's bug, the connection is unharmed.
     """
 
     __slots__ = (
         "_boundary",
+        "_budget",
         "_error",
         "_fed",
+        "_head",
+        "_last_chunk",
         "_next_msgid",
         "_packer",
         "_pending",
@@ -357,16 +379,30 @@ class Connection:
         "max_message_bytes",
     )
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(
+        self,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        *,
+        max_elements: int | None = None,
+        max_depth: int | None = None,
+    ) -> None:
         if type(max_message_bytes) is not int or max_message_bytes < 1:
             raise ValueError(f"max_message_bytes={max_message_bytes!r} must be an int >= 1")
         self.max_message_bytes = max_message_bytes
+        budget = None
+        if max_elements is not None or max_depth is not None:
+            budget = DecodeBudget(
+                DEFAULT_MAX_ELEMENTS if max_elements is None else max_elements,
+                DEFAULT_MAX_DEPTH if max_depth is None else max_depth,
+            )
+        self._budget = budget
         self._unpacker = msgpack.Unpacker(
             raw=False,
             use_list=True,
             unicode_errors="surrogateescape",
             strict_map_key=False,
             max_buffer_size=max_message_bytes,
+            **({} if budget is None else budget.unpacker_options(max_message_bytes)),
         )
         self._packer = msgpack.Packer(
             use_bin_type=True, unicode_errors="surrogateescape", autoreset=True
@@ -378,6 +414,10 @@ class Connection:
         # last whole message it returned: _fed - _boundary is the unparsed part.
         self._fed = 0
         self._boundary = 0
+        # The first bytes of the partial message (see framing.head_of_partial), and
+        # the last chunk fed with its stream offset, to find them.
+        self._head = b""
+        self._last_chunk: tuple[bytes | memoryview, int] = (b"", 0)
         self._state = State.OPEN
         self._error: ProtocolError | None = None
         self._next_msgid = 0
@@ -442,13 +482,19 @@ class Connection:
                 obj = unpacker.unpack()
             except msgpack.OutOfData:
                 pass
+            except DecodeLimitError as exc:
+                self._fail(LIMIT, f"message at byte {self._boundary}: {exc}")
             except _MSGPACK_ERRORS as exc:
-                self._fail(INVALID_REQUEST, f"not msgpack at byte {self._boundary}: {_why(exc)}")
+                self._fail(*self._undecodable(exc))
             else:
                 self._boundary = unpacker.tell()
+                if self._budget is not None:
+                    self._budget.reset()
                 return _to_event(obj)
             # The unpacker needs more bytes than it has.
             partial = self._fed - self._boundary
+            if partial:
+                self._check_head(limit)
             if partial >= limit:
                 self._fail(
                     LIMIT,
@@ -468,6 +514,36 @@ class Connection:
                 return CLOSED
             return NEED_DATA
 
+    def _check_head(self, limit: int) -> None:
+        """Refuse a partial message whose str/bin/ext header declares more than ``limit``."""
+        chunk, start = self._last_chunk
+        self._head = head = head_of_partial(self._head, chunk, start, self._boundary)
+        size = declared_size(head)
+        if size is not None and size > limit:
+            self._fail(
+                LIMIT,
+                f"message of {size} bytes at byte {self._boundary}: "
+                f"limit max_message_bytes={limit}",
+            )
+
+    def _undecodable(self, exc: BaseException) -> tuple[int, str]:
+        """The code and message of a fatal decoding error: LIMIT for a bound of the
+        budget (a container header over max_elements, msgpack's own nesting limit),
+        else INVALID_REQUEST."""
+        at, why, budget = self._boundary, _why(exc), self._budget
+        if budget is not None:
+            if isinstance(exc, msgpack.StackError):
+                return (
+                    LIMIT,
+                    f"message at byte {at} nests too deep: limit max_depth={budget.max_depth}",
+                )
+            if "exceeds max_" in why:
+                return (
+                    LIMIT,
+                    f"message at byte {at}: {why}: limit max_elements={budget.max_elements}",
+                )
+        return INVALID_REQUEST, f"not msgpack at byte {at}: {why}"
+
     def _feed(self, room: int) -> None:
         """Feed the unpacker at most ``room`` (> 0) bytes of the pending chunks."""
         chunk = self._pending.popleft()
@@ -482,6 +558,7 @@ class Connection:
         except msgpack.BufferFull:  # can't happen: we never feed past the limit
             self._fail(LIMIT, f"limit max_message_bytes={self.max_message_bytes}")
         self._pending_bytes -= n
+        self._last_chunk = (chunk, self._fed)
         self._fed += n
 
     def _fail(self, code: int, message: str) -> NoReturn:
@@ -829,6 +906,20 @@ def _int_min(minimum: int) -> Callable[[Any], int]:
     return convert
 
 
+def _int_range(minimum: int, maximum: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if type(value) is not int or not minimum <= value <= maximum:
+            raise _must(f"an int in {minimum}..{maximum}", value)
+        return value
+
+    return convert
+
+
+MAX_BACKLOG: Final = 65535
+"""The largest ``backlog`` a listener takes (the kernel caps it lower anyway)."""
+BACKLOG: Final = WireType("int", _int_range(1, MAX_BACKLOG))
+
+
 def _seconds(*, positive: bool) -> Callable[[Any], float]:
     bound = "> 0" if positive else ">= 0"
 
@@ -1095,7 +1186,7 @@ METHODS: Final[Mapping[str, MethodSpec]] = dict(
             "listen_tcp",
             Param("host", STR),
             Param("port", PORT_NUMBER),
-            Param("opts", _options(backlog=WireType("int", _int_min(1))), {}),
+            Param("opts", _options(backlog=BACKLOG), {}),
             result="[id, [host, port]]",
             doc="Listen on host:port (0: any free port); answers the bound address. "
             "Connections arrive as 'accepted' events.",
@@ -1112,7 +1203,7 @@ METHODS: Final[Mapping[str, MethodSpec]] = dict(
         _spec(
             "listen_unix",
             Param("path", STR),
-            Param("opts", _options(backlog=WireType("int", _int_min(1))), {}),
+            Param("opts", _options(backlog=BACKLOG), {}),
             result="id",
             doc="Listen on a Unix socket at path.",
             errors=_OPEN_ERRORS,
@@ -1135,6 +1226,7 @@ METHODS: Final[Mapping[str, MethodSpec]] = dict(
                 _options(
                     cwd=_nullable(STR),
                     env=WireType("map|nil", _env),
+                    env_add=WireType("map|nil", _env),
                     stderr=WireType("nil|'merge'|'discard'", _one_of(None, "merge", "discard")),
                 ),
                 {},

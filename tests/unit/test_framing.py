@@ -292,13 +292,61 @@ def test_msgpack_limit_counts_the_whole_object() -> None:
 
 
 def test_msgpack_oversized_bin_raises_at_the_limit() -> None:
-    """A bin/str is checked once ``limit`` of its bytes have arrived, not later."""
+    """A bin nested in an array is checked once ``limit`` of its bytes have arrived."""
     dec = make_decoder("msgpack", max_frame_bytes=LIMIT)
-    assert dec.feed(b"\xc6" + struct.pack(">I", 10**6)) == []  # bin32 header
-    assert dec.feed(b"b" * (LIMIT - 6)) == []
+    assert dec.feed(b"\x91\xc6" + struct.pack(">I", 10**6)) == []  # [bin32 ...
+    assert dec.feed(b"b" * (LIMIT - 7)) == []
     with pytest.raises(FrameError, match=f"more than {LIMIT} bytes .*max_frame_bytes={LIMIT}"):
         dec.feed(b"b" * 10**5)
     assert dec.buffered == LIMIT
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"\xc6" + struct.pack(">I", 10**6),  # bin32
+        b"\xdb" + struct.pack(">I", 10**6),  # str32
+        b"\xc9" + struct.pack(">I", 10**6) + b"\x01",  # ext32
+        b"\xc5" + struct.pack(">H", LIMIT),  # bin16: LIMIT + 3 bytes in all
+    ],
+)
+def test_msgpack_oversized_str_bin_ext_refused_at_the_header(header: bytes) -> None:
+    """A frame that starts with a str/bin/ext header declaring more than the limit is
+    refused at the header, however its bytes are split, before its payload arrives."""
+    for split in range(1, len(header) + 1):
+        dec = make_decoder("msgpack", max_frame_bytes=LIMIT)
+        assert dec.feed(b"\x01\x02") == [1, 2]
+        with pytest.raises(FrameError, match=f"exceeds max_frame_bytes={LIMIT}"):
+            for i in range(0, len(header), split):
+                dec.feed(header[i : i + split])
+        assert dec.buffered <= len(header)  # nothing of the payload
+
+
+def test_msgpack_str_within_the_limit_still_decodes_in_pieces() -> None:
+    frame = msgpack.packb("x" * (LIMIT - 10))
+    dec = make_decoder("msgpack", max_frame_bytes=LIMIT)
+    got = [obj for i in range(0, len(frame), 7) for obj in dec.feed(frame[i : i + 7])]
+    assert got == ["x" * (LIMIT - 10)]
+
+
+def test_msgpack_decoded_size_is_bounded() -> None:
+    """Empty arrays are one byte each: a frame of them is bounded by max_elements
+    (in total, however nested) and max_depth, not only by its size."""
+    dec = MsgpackDecoder(1 << 20, max_elements=1000)
+    assert dec.feed(msgpack.packb([[]] * 500)) == [[[]] * 500]  # the budget is per object
+    assert dec.feed(msgpack.packb([[]] * 500)) == [[[]] * 500]
+    with pytest.raises(FrameError, match="limit max_elements=1000"):
+        dec.feed(msgpack.packb([[[]] * 600, [[]] * 600]))
+    dec = MsgpackDecoder(1 << 20, max_elements=1000)
+    with pytest.raises(FrameError, match="max_array_len"):  # refused at the header
+        dec.feed(b"\xdc" + struct.pack(">H", 1001))
+    dec = MsgpackDecoder(1 << 20, max_depth=5)
+    nested: Any = [1]
+    for _ in range(2):  # each round nests two deeper: a map in an array
+        nested = [nested, {"k": nested}]
+    assert dec.feed(msgpack.packb(nested)) == [nested]
+    with pytest.raises(FrameError, match="limit max_depth=5"):
+        dec.feed(msgpack.packb([nested]))
 
 
 def test_msgpack_array_header_over_limit_raises_on_header() -> None:
