@@ -15,7 +15,9 @@ Sections and keys (defaults in parentheses):
     (``""``), ``insecure`` (false), ``loop`` ("auto"), ``log_level`` ("info").
 ``[limits]``
     ``sessions`` (1000), ``ports_per_session`` (1000), ``max_frame_bytes``
-    (16 MiB), ``max_message_bytes`` (16 MiB), ``pending_bytes`` (4 MiB).
+    (16 MiB), ``max_message_bytes`` (16 MiB), ``pending_bytes`` (4 MiB),
+    ``max_elements`` (100000), ``max_depth`` (64), ``hello_timeout`` (5.0),
+    ``unauthenticated`` (64).
 ``[spawn]``
     ``allow`` (``[]``: spawn disabled).
 
@@ -49,6 +51,7 @@ from typing import Any, Final
 __all__ = [
     "LOG_LEVELS",
     "LOOPS",
+    "MAX_DEPTH_LIMIT",
     "MIN_TOKEN_LENGTH",
     "SHIPPED_CONFIG",
     "Config",
@@ -70,6 +73,8 @@ class ConfigError(ValueError):
 LOOPS: Final = ("auto", "uvloop", "asyncio")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 MIN_TOKEN_LENGTH: Final = 16
+MAX_DEPTH_LIMIT: Final = 500
+"""The most ``limits.max_depth`` may be: msgpack's packer refuses deeper values."""
 SHIPPED_CONFIG: Final = Path(__file__).resolve().parent.parent / "config" / "ioserver.toml"
 """The documented default configuration in a source checkout (absent from a wheel)."""
 
@@ -96,6 +101,13 @@ def _check_int(key: str, value: object, minimum: int) -> int:
     if type(value) is not int or value < minimum:
         raise _fail(key, f"an int >= {minimum}", value)
     return value
+
+
+def _check_number(key: str, value: object, minimum: float) -> float:
+    """An int or float > ``minimum`` (TOML writes 5 and 5.0 alike), as a float."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > minimum:
+        raise _fail(key, f"a number > {minimum:g}", value)  # (not > also refuses nan)
+    return float(value)
 
 
 def default_socket_path(environ: Mapping[str, str] | None = None) -> str:
@@ -200,7 +212,19 @@ class LimitsConfig:
     """Largest msgpack-rpc message a client may send; a bigger one closes its connection."""
     pending_bytes: int = 4 * _MIB
     """Bytes queued per port (writes not yet written, events not yet sent) before the
-    daemon applies backpressure; also the most ``high_water`` a client may ask for."""
+    daemon applies backpressure; also the most ``high_water`` a client may ask for,
+    and the output a session buffers for its client before it stops reading the
+    client's requests."""
+    max_elements: int = 100_000
+    """Values (array items, map keys and values) one message may decode to, in total:
+    a small message of empty arrays must not become gigabytes of Python objects."""
+    max_depth: int = 64
+    """Arrays and maps one message may nest (at most 500: msgpack packs no deeper)."""
+    hello_timeout: float = 5.0
+    """Seconds a TCP connection has to complete ``hello``; then it is closed."""
+    unauthenticated: int = 64
+    """TCP connections without a successful ``hello`` yet, at once; counted apart from
+    ``sessions``, so they can never lock the owner's Unix-socket sessions out."""
 
     def __post_init__(self) -> None:
         _check_int("limits.sessions", self.sessions, 1)
@@ -208,6 +232,14 @@ class LimitsConfig:
         _check_int("limits.max_frame_bytes", self.max_frame_bytes, 1)
         _check_int("limits.max_message_bytes", self.max_message_bytes, 1024)
         _check_int("limits.pending_bytes", self.pending_bytes, 1)
+        _check_int("limits.max_elements", self.max_elements, 1)
+        _check_int("limits.max_depth", self.max_depth, 1)
+        if self.max_depth > MAX_DEPTH_LIMIT:
+            raise _fail("limits.max_depth", f"an int from 1 to {MAX_DEPTH_LIMIT}", self.max_depth)
+        object.__setattr__(
+            self, "hello_timeout", _check_number("limits.hello_timeout", self.hello_timeout, 0)
+        )
+        _check_int("limits.unauthenticated", self.unauthenticated, 1)
 
 
 @dataclass(frozen=True, slots=True)
