@@ -20,6 +20,7 @@ import socket
 import stat
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,6 +31,17 @@ from .session import Session
 __all__ = ["Daemon", "StartError"]
 
 log = logging.getLogger("ioserver.daemon")
+
+#: Authentication failures logged per window (seconds); the rest are counted.
+AUTH_LOG_BURST = 10
+AUTH_LOG_WINDOW = 60.0
+
+
+def _peer(peer: Any) -> str:
+    """A peer address for the log: "host:port" for TCP."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return repr(peer)
 
 
 class StartError(RuntimeError):
@@ -45,7 +57,13 @@ class Daemon:
         # Opening ports blocks (connect, bind, spawn): done here, off the loop.
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ioserver-open")
         self.sessions: set[Session] = set()  # loop thread only
+        # TCP sessions without a successful hello yet: limits.unauthenticated, apart
+        # from limits.sessions, so they can't lock the owner's Unix sessions out.
+        self.unauthenticated: set[Session] = set()
         self.sessions_total = 0
+        self._auth_log_window = float("-inf")  # auth_failed's rate limit
+        self._auth_logged = 0
+        self._auth_suppressed = 0
         self._ids = itertools.count(1)
         self._servers: list[Any] = []
         self.socket_path = config.server.socket_path()
@@ -57,21 +75,65 @@ class Daemon:
     def next_session_id(self) -> int:
         return next(self._ids)
 
-    def add_session(self, session: Session) -> bool:
-        """Admit a new session unless the sessions limit is reached."""
-        if len(self.sessions) >= self.config.limits.sessions:
-            return False
+    def add_session(self, session: Session) -> str | None:
+        """Admit a new session; None, or why not (the limit it would pass).
+
+        A session that must still authenticate (TCP) counts against
+        ``limits.unauthenticated`` until :meth:`authenticate`; the others
+        against ``limits.sessions``.
+        """
+        limits = self.config.limits
+        if not session.authenticated:
+            if len(self.unauthenticated) >= limits.unauthenticated:
+                return (
+                    "too many connections waiting to authenticate: "
+                    f"limit unauthenticated={limits.unauthenticated}"
+                )
+            self.unauthenticated.add(session)
+        elif len(self.sessions) - len(self.unauthenticated) >= limits.sessions:
+            return f"too many sessions: limit sessions={limits.sessions}"
         self.sessions.add(session)
         self.sessions_total += 1
-        return True
+        return None
+
+    def authenticate(self, session: Session) -> str | None:
+        """``session`` passed hello: count it as a session; None, or why not."""
+        if session not in self.unauthenticated:
+            return None
+        limit = self.config.limits.sessions
+        if len(self.sessions) - len(self.unauthenticated) >= limit:
+            return f"too many sessions: limit sessions={limit}"
+        self.unauthenticated.discard(session)
+        return None
 
     def remove_session(self, session: Session) -> None:
         self.sessions.discard(session)
+        self.unauthenticated.discard(session)
+
+    def auth_failed(self, peer: Any, why: str) -> None:
+        """Log a failed authentication with the peer's address, at warning level:
+        at most AUTH_LOG_BURST lines per AUTH_LOG_WINDOW seconds, then a count of
+        those not logged (a flood must not flood the log too)."""
+        now = time.monotonic()
+        if now - self._auth_log_window >= AUTH_LOG_WINDOW:
+            if self._auth_suppressed:
+                log.warning(
+                    "ioserver: %d more authentication failures not logged",
+                    self._auth_suppressed,
+                )
+            self._auth_log_window = now
+            self._auth_logged = self._auth_suppressed = 0
+        if self._auth_logged < AUTH_LOG_BURST:
+            self._auth_logged += 1
+            log.warning("ioserver: authentication failed from %s: %s", _peer(peer), why)
+        else:
+            self._auth_suppressed += 1
 
     def stats_on_loop(self) -> dict[str, Any]:
         """The ``stats`` method's answer: the loop's counters plus sessions and ports."""
         stats = self.io.stats()
         stats["sessions"] = len(self.sessions)
+        stats["unauthenticated"] = len(self.unauthenticated)
         stats["sessions_total"] = self.sessions_total
         stats["session_list"] = [
             {

@@ -22,6 +22,14 @@ Flow control, both ways, with the mechanisms embedded ports already use:
   * client -> daemon: after a ``send`` into a port whose transport is busy, the
     session stops reading its socket until that port drains, so a client that
     writes faster than a peer reads is slowed by TCP itself.
+  * replies: a client that sends requests and does not read the answers gets
+    the same treatment once its output passes ``limits.pending_bytes``
+    (``pause_writing``): the session stops handling its requests (those
+    already read wait, decoded no further, in the Connection) and stops
+    reading its socket, until the output drains (``resume_writing``). So what
+    one session holds is bounded whatever its client sends: its write buffer,
+    one read of input, and one message's decoding budget ([limits]
+    max_message_bytes, max_elements, max_depth).
 
 Port ids are small integers scoped to the session; a port id of another
 session, or of a closed port, is "no such port". When the client goes away
@@ -30,7 +38,19 @@ every port and timer of the session is closed.
 Opening a port blocks (connect, bind, spawn), and the I/O thread never blocks:
 those requests run in the daemon's worker pool, which calls the embedded API
 (``io.connect_tcp`` ...), then hops back to the loop to register the id and
-reply. Events a port delivers before its id is announced are held until then.
+reply. Events a port delivers before its id is announced are held until then
+(at most HELD_LIMIT per port, then the port is pushed back); an accepted
+connection is announced by its listener's ``accepted`` event, and its held
+events follow that event.
+
+Accepted connections count against ``ports_per_session`` like opened ports;
+one over the limit is closed at once and the client gets an ``error`` event
+(code 5) on the listener instead of ``accepted``; the listener stays open.
+
+Over TCP a session must complete ``hello`` within ``limits.hello_timeout``
+and, until it has, counts against ``limits.unauthenticated`` rather than
+``sessions`` (the Daemon keeps both counts), and may send messages of at most
+PRE_AUTH_MESSAGE_BYTES; authentication failures are logged (rate-limited).
 """
 
 from __future__ import annotations
@@ -44,7 +64,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__, protocol
 from ..channel import Channel, ChannelClosed, Full
-from ..messages import Accepted
+from ..messages import Accepted, Error, Message
 from ..port import DEFAULT_HIGH_WATER, Port, PortClosed
 
 if TYPE_CHECKING:
@@ -62,6 +82,10 @@ FLUSH_NOW = 1024 * 1024
 #: that opened it); past it the port is pushed back like a full inbox. One read
 #: is up to 256 KiB, so this holds at most ~1 MiB per opening port.
 HELD_LIMIT = 4
+#: The largest message a TCP client may send before its ``hello`` succeeds: a
+#: hello is tiny, and ``limits.unauthenticated`` connections must not each
+#: buffer ``max_message_bytes``.
+PRE_AUTH_MESSAGE_BYTES = 64 * 1024
 
 
 class SessionSink(Channel[Any]):
@@ -84,6 +108,7 @@ class SessionSink(Channel[Any]):
         if session.paused_writing:
             raise Full(value)
         port = getattr(value, "port", None)
+        held = None
         if port is not None and port not in session.ids and isinstance(port, Port):
             # Its id is not announced yet (the open's reply is still to come):
             # hold a few events, then push back like a full inbox.
@@ -91,6 +116,9 @@ class SessionSink(Channel[Any]):
             if len(held) >= HELD_LIMIT:
                 session.held_full = True
                 raise Full(value)
+        if isinstance(value, Accepted):
+            value = session.admit(value)
+        if held is not None:
             held.append(value)
             return
         session.emit(value)
@@ -124,7 +152,11 @@ class Session(asyncio.Protocol):
         self.io = daemon.io
         self.kind = kind  # "unix" or "tcp"
         limits = daemon.config.limits
-        self.conn = protocol.Connection(max_message_bytes=limits.max_message_bytes)
+        self.conn = protocol.Connection(
+            max_message_bytes=limits.max_message_bytes,
+            max_elements=limits.max_elements,
+            max_depth=limits.max_depth,
+        )
         self.transport: Any = None
         self.sink = SessionSink(self)
         self.closed = False
@@ -138,7 +170,13 @@ class Session(asyncio.Protocol):
         self.out = bytearray()
         self.flush_scheduled = False
         self.paused_writing = False
-        self.paused_reading = False
+        self.paused_reading = False  # a port is busy: its sends wait (_throttle)
+        self.input_held = False  # the output is full: requests wait (_handle_input)
+        self.reading_stopped = False  # the transport's reading is paused (either reason)
+        self.eof_deferred = False  # EOF came while input was held: close once handled
+        self.hello_timer: asyncio.TimerHandle | None = None
+        self.peer: Any = None
+        self.accepting = 0  # accepted connections admitted, not yet registered
         self.room_callbacks: list[Callable[[], object]] = []
         self.held: dict[Port, list[Any]] = {}
         self.held_full = False  # a port hit HELD_LIMIT before its id was announced
@@ -149,31 +187,47 @@ class Session(asyncio.Protocol):
         self.bytes_in = 0
         self.bytes_out = 0
         self.id = daemon.next_session_id()
+        # Past this the output is written at once, so that the transport reports
+        # pause_writing before more requests are handled.
+        self.flush_now = min(FLUSH_NOW, limits.pending_bytes)
 
     # -- asyncio.Protocol ------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         # The events buffered for a slow client: limits.pending_bytes, as documented.
-        high = self.daemon.config.limits.pending_bytes
+        limits = self.daemon.config.limits
+        high = limits.pending_bytes
         transport.set_write_buffer_limits(high=high, low=high // 2)
-        if not self.daemon.add_session(self):
-            limit = self.daemon.config.limits.sessions
-            error = protocol.error_value(
-                protocol.LIMIT, f"too many sessions: limit sessions={limit}"
-            )
-            self.notify("error", [None, error])
+        self.peer = transport.get_extra_info("peername")
+        refused = self.daemon.add_session(self)
+        if refused is not None:
+            self.notify("error", [None, protocol.error_value(protocol.LIMIT, refused)])
             self._flush()
             transport.close()
             self.closed = True
+            return
+        if not self.authenticated:
+            self.conn.max_message_bytes = min(limits.max_message_bytes, PRE_AUTH_MESSAGE_BYTES)
+            self.hello_timer = self.io.loop.call_later(limits.hello_timeout, self._hello_expired)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
         self.bytes_in += len(data)
+        self.conn.receive_data(data)
+        self._handle_input()
+
+    def _handle_input(self) -> None:
+        """Handle the messages received, until they run out or the output is full."""
         conn = self.conn
-        conn.receive_data(data)
         while not self.closed:
+            if self.paused_writing:
+                # The client does not read its answers: leave the rest of its
+                # input undecoded, and stop reading it, until resume_writing.
+                self.input_held = True
+                self._update_reading()
+                break
             try:
                 event = conn.next_event()
             except protocol.ProtocolError as exc:
@@ -185,7 +239,13 @@ class Session(asyncio.Protocol):
                 else:  # nothing to answer (and never answer a response): an error event
                     self.notify("error", [None, exc.to_wire()])
                 continue
-            if event is protocol.NEED_DATA or event is protocol.CLOSED:
+            if event is protocol.NEED_DATA:
+                break
+            if event is protocol.CLOSED:
+                if self.eof_deferred and self.transport is not None:
+                    self._write_batched()
+                    self._flush()
+                    self.transport.close()
                 break
             try:
                 self._dispatch(event)
@@ -198,8 +258,13 @@ class Session(asyncio.Protocol):
     def eof_received(self) -> bool:
         # Let the decoder see the end: a stream that ends inside a message gets its
         # final error event (then the transport closes, as returning False asks).
+        # With requests still held, keep the transport half-open: they are
+        # answered once the output drains, then _handle_input closes it.
         self.data_received(b"")
-        return False
+        self.eof_deferred = self.input_held and not self.closed
+        if not self.eof_deferred:
+            self._flush()  # now: once closing, the transport takes no more writes
+        return self.eof_deferred
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close_all()
@@ -212,6 +277,29 @@ class Session(asyncio.Protocol):
         callbacks, self.room_callbacks = self.room_callbacks, []
         for callback in callbacks:
             callback()
+        if self.input_held:
+            self.io.loop.call_soon(self._release_input)
+
+    def _release_input(self) -> None:
+        """The output drained: handle the requests held meanwhile, then read again."""
+        if self.closed or self.paused_writing or not self.input_held:
+            return
+        self.input_held = False
+        self._handle_input()
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Pause or resume reading the client: paused while a port is busy
+        (paused_reading) or the output is full (input_held)."""
+        stop = self.paused_reading or self.input_held
+        transport = self.transport
+        if stop == self.reading_stopped or transport is None or transport.is_closing():
+            return
+        self.reading_stopped = stop
+        if stop:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
 
     # -- output ------------------------------------------------------------------------
 
@@ -229,7 +317,7 @@ class Session(asyncio.Protocol):
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
-        if len(self.out) >= FLUSH_NOW:
+        if len(self.out) >= self.flush_now:
             # Write a big batch now: the transport then calls pause_writing at once,
             # so the ports stop before the next read. (uvloop reads a socket up to 32
             # times per callback: deferred, a batch could reach 8 MiB per port.)
@@ -256,13 +344,43 @@ class Session(asyncio.Protocol):
         if port not in self.ids:
             self.held.setdefault(port, []).append(value)
             return
-        if isinstance(value, Accepted):
+        accepted = isinstance(value, Accepted)
+        if accepted:
+            self.accepting -= 1
             self._register(value.conn)
         name, params = protocol.event_to_wire(value, self.ids.__getitem__)
         self.events += 1
         self.notify(name, params)
         if name == "closed":
             self._forget(port)
+        if accepted:
+            self._release_held(value.conn)  # its events so far follow 'accepted'
+
+    def admit(self, accepted: Accepted) -> Message:
+        """An accepted connection reaches the session: it counts against
+        ``ports_per_session``; over it, close it at once and tell the client
+        with an ``error`` event on the listener (which stays open)."""
+        limit = self.daemon.config.limits.ports_per_session
+        if self._port_count() < limit:
+            self.accepting += 1
+            return accepted
+        conn = accepted.conn
+        driver = conn._driver
+        if driver is not None:  # closed without a word: the client never knew it
+            driver._closed_queued = True
+            conn._on_closed()
+            driver._abort()
+            driver._after_closed()
+        self._drop_held(conn)
+        peer = protocol.describe(getattr(conn, "peer", None))
+        return Error(
+            accepted.port,
+            protocol.RpcError(
+                protocol.LIMIT,
+                f"too many ports: limit ports_per_session={limit}; "
+                f"refused the connection from {peer}",
+            ),
+        )
 
     # -- ports --------------------------------------------------------------------------
 
@@ -276,13 +394,25 @@ class Session(asyncio.Protocol):
     def _announce(self, port: Port) -> int:
         """Register ``port`` and release the events it delivered before it had an id."""
         port_id = self.ids.get(port) or self._register(port)
+        self._release_held(port)
+        return port_id
+
+    def _release_held(self, port: Port) -> None:
+        """``port`` has an id now: emit the events it delivered before, in order."""
         for value in self.held.pop(port, ()):
             self.emit(value)
+        self._held_room()
+
+    def _drop_held(self, port: Port) -> None:
+        """``port`` is refused: forget the events it delivered before."""
+        self.held.pop(port, None)
+        self._held_room()
+
+    def _held_room(self) -> None:
         if self.held_full and not any(len(h) >= HELD_LIMIT for h in self.held.values()):
             self.held_full = False
             if not self.paused_writing:
                 self.resume_writing()  # the ports that were pushed back deliver again
-        return port_id
 
     def _forget(self, port: Port) -> None:
         port_id = self.ids.pop(port, None)
@@ -302,7 +432,11 @@ class Session(asyncio.Protocol):
             self.daemon.remove_session(self)
             return
         self.closed = True
-        for port in list(self.ports.values()) + list(self.held):
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+            self.hello_timer = None
+        held_conns = [v.conn for h in self.held.values() for v in h if isinstance(v, Accepted)]
+        for port in list(self.ports.values()) + list(self.held) + held_conns:
             driver = port._driver
             port._closed = True
             if driver is not None:
@@ -362,8 +496,10 @@ class Session(asyncio.Protocol):
                 msgid, protocol.NOT_ALLOWED, "authenticate first: call hello(version, token)"
             )
             if self.kind == "tcp" and self.transport is not None:
+                self.daemon.auth_failed(self.peer, f"{method!r} before hello")
                 self._flush()
                 self.transport.close()
+                self.close_all()
             return
         handler = getattr(self, "rpc_" + method, None) if method in protocol.METHODS else None
         if handler is None:
@@ -426,15 +562,15 @@ class Session(asyncio.Protocol):
             # The peer reads slower than our client writes: stop reading the
             # client until this port drains (TCP backpressure end to end).
             self.paused_reading = True
-            self.transport.pause_reading()
+            self._update_reading()
             if port._idle_callbacks is None:
                 port._idle_callbacks = []
             port._idle_callbacks.append(self._resume_reading)
 
     def _resume_reading(self) -> None:
-        if self.paused_reading and not self.closed and self.transport is not None:
+        if self.paused_reading and not self.closed:
             self.paused_reading = False
-            self.transport.resume_reading()
+            self._update_reading()
 
     # -- methods (each: rpc_<name>(msgid, *params); see protocol.METHODS) ----------------
 
@@ -453,12 +589,26 @@ class Session(asyncio.Protocol):
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 self.reply_error(msgid, protocol.NOT_ALLOWED, "wrong token")
                 if self.kind == "tcp":
+                    self.daemon.auth_failed(self.peer, "wrong token")
                     self._flush()
                     self.transport.close()
+                    self.close_all()
                 return
         elif self.kind == "tcp" and not self.daemon.config.server.insecure:
             self.reply_error(msgid, protocol.NOT_ALLOWED, "no token configured")
             return
+        if not self.authenticated:
+            refused = self.daemon.authenticate(self)
+            if refused is not None:  # a session more than [limits] sessions
+                self.reply_error(msgid, protocol.LIMIT, refused)
+                self._flush()
+                self.transport.close()
+                self.close_all()
+                return
+            if self.hello_timer is not None:
+                self.hello_timer.cancel()
+                self.hello_timer = None
+            self.conn.max_message_bytes = self.daemon.config.limits.max_message_bytes
         self.authenticated = True
         self.reply(
             msgid,
@@ -555,7 +705,7 @@ class Session(asyncio.Protocol):
             msgid,
             lambda o: self.io.spawn(argv, **o),
             opts,
-            ("cwd", "env", "stderr"),
+            ("cwd", "env", "env_add", "stderr"),
             lambda p: p.info_extra.get("pid"),
         )
 
@@ -567,9 +717,29 @@ class Session(asyncio.Protocol):
 
     # -- opening ports ---------------------------------------------------------------------
 
+    def _hello_expired(self) -> None:
+        """``limits.hello_timeout`` passed without a successful hello: close."""
+        self.hello_timer = None
+        if self.authenticated or self.closed:
+            return
+        timeout = self.daemon.config.limits.hello_timeout
+        self.daemon.auth_failed(self.peer, f"no hello within hello_timeout={timeout:g} s")
+        error = protocol.error_value(
+            protocol.NOT_ALLOWED, f"no hello within {timeout:g} s: limit hello_timeout={timeout:g}"
+        )
+        self.notify("error", [None, error])
+        self._flush()
+        if self.transport is not None:
+            self.transport.close()
+        self.close_all()
+
+    def _port_count(self) -> int:
+        """Ports, timers, ports opening and accepted connections not yet announced."""
+        return len(self.ports) + len(self.timers) + self.opening + self.accepting
+
     def _check_port_limit(self) -> None:
         limit = self.daemon.config.limits.ports_per_session
-        if len(self.ports) + len(self.timers) + self.opening >= limit:
+        if self._port_count() >= limit:
             raise LimitExceeded(f"too many ports: limit ports_per_session={limit}")
 
     def _check_spawn_allowed(self, program: str) -> str:
@@ -605,7 +775,7 @@ class Session(asyncio.Protocol):
                 if isinstance(exc, OSError):  # "<type>: <text>", as docs/protocol.md says
                     code, message, details = protocol.exception_to_wire(exc)
                     self.reply_error(msgid, code, message, details)
-                elif isinstance(exc, TypeError | ValueError):
+                elif isinstance(exc, TypeError | ValueError | OverflowError):
                     self.reply_error(msgid, protocol.INVALID_PARAMS, str(exc))
                 else:
                     self.reply_error(msgid, protocol.SERVER_ERROR, repr(exc))
@@ -661,8 +831,12 @@ def _port_options(opts: Any, extra_keys: tuple[str, ...], limits: Any) -> dict[s
             f"high_water={options['high_water']} is over the limit "
             f"pending_bytes={limits.pending_bytes}"
         )
-    if options.get("env") is not None:
-        options["env"] = {**os.environ, **options["env"]}
+    # spawn: ``env`` is the child's whole environment (nil: the daemon's), as
+    # documented; ``env_add`` is merged over that.
+    env_add = options.pop("env_add", None)
+    if env_add is not None:
+        base = options.get("env")
+        options["env"] = {**(os.environ if base is None else base), **env_add}
     if options.get("remote_addr") is not None:
         options["remote_addr"] = tuple(options["remote_addr"])
     return options

@@ -76,8 +76,8 @@ def short_tmpdir(prefix: str = "iosd-") -> str:
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | float):
+        return repr(value)
     if isinstance(value, str):
         return json.dumps(value)  # a TOML basic string for these plain values
     if isinstance(value, list | tuple):
