@@ -362,7 +362,7 @@ BAD_REQUESTS: list[tuple[str, list[Any], int, str]] = [
     ("connect_tcp", ["127.0.0.1", 1, {"packet": "bogus"}], 3, "opts.packet must be one of"),
     ("connect_tcp", ["127.0.0.1", 1, {"active": "twice"}], 3, "opts.active must be"),
     ("connect_tcp", ["127.0.0.1", 1, []], 3, "opts must be a map of options"),
-    ("listen_tcp", ["127.0.0.1", 0, {"backlog": 0}], 3, "opts.backlog must be an int >= 1"),
+    ("listen_tcp", ["127.0.0.1", 0, {"backlog": 0}], 3, "opts.backlog must be an int in 1..65535"),
     ("setopts", [1.5, {}], 3, "setopts: port_id must be a uint32, got float 1.5"),
     ("setopts", [1, {"packet": "line"}], 3, "unknown option 'packet'"),
     ("send_after", [-1, "x"], 3, "delay must be a number >= 0"),
