@@ -67,7 +67,9 @@ class Port:
 
     Receive with ``recv``/``arecv``/``for msg in port``/``select``; write with
     ``send``; end with ``close()``, which leads to exactly one ``Closed``
-    message, the last one.
+    message, the last one. A port dropped unclosed is closed when it is
+    garbage-collected, with a ResourceWarning (as an unclosed file); its inbox,
+    own or shared, keeps it alive, so it lives while its messages can be received.
     """
 
     __slots__ = (
@@ -78,6 +80,7 @@ class Port:
         "_inbox",
         "_io",
         "_own_inbox",
+        "_pending",
         "_processed",
         "_send_lock",
         "_submitted",
@@ -110,6 +113,14 @@ class Port:
         self._own_inbox = inbox is None
         self._inbox: Channel[Any] = Channel(DEFAULT_INBOX_CAPACITY) if inbox is None else inbox
         self._inbox._fed_by_loop = True  # its receivers yield once before parking
+        # Whoever holds the inbox can receive our messages: it keeps us alive.
+        if inbox is None:
+            self._inbox._anchor = self
+        else:
+            anchor(inbox, self)
+        # The driver's undelivered messages (drivers/base.py): kept here, not on the
+        # loop side, because they carry ``.port``. NO_ONE until the first one.
+        self._pending: deque[Message] = NO_ONE
         self._driver: Any = None  # set on the loop thread when the resource opens
         self._closed = False  # set by close() (client side) or when Closed is delivered
         self.high_water = high_water
@@ -131,9 +142,21 @@ class Port:
         return f"<Port {self.id} {self.kind}{' closed' if self._closed else ''}>"
 
     def __del__(self) -> None:
+        """Collected unclosed: nobody can receive our messages any more (the loop
+        holds us only weakly, our inbox keeps us alive). Warn, as an unclosed file
+        does, and have the loop free the resource. Any thread, maybe inside the
+        GC: it only submits (never blocks)."""
         # getattr: __init__ may have raised before setting the fields.
-        if not getattr(self, "_closed", True) and getattr(self, "_driver", None) is not None:
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+        driver = getattr(self, "_driver", None)
+        if getattr(self, "_closed", True) or driver is None:
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
+        try:
+            self._wakeup.submit(driver._port_collected)
+        except ServerStopped:
+            pass  # the stop closed (or will close) everything
+        except Exception:  # at interpreter exit modules may be half torn down
+            pass
 
     # -- receive side: the inbox -----------------------------------------------------
 
@@ -420,6 +443,28 @@ class Port:
         if driver is not None:
             method: Callable[..., object] = getattr(driver, name)
             method(*args)
+
+
+_anchor_lock = threading.Lock()
+
+
+def anchor(inbox: Channel[Any], port: Port) -> None:
+    """Keep ``port`` alive as long as ``inbox``, a shared inbox it delivers into.
+    Any thread: the set is made under a lock, then add/discard are atomic."""
+    ports = inbox._anchor
+    if not isinstance(ports, set):
+        with _anchor_lock:
+            ports = inbox._anchor
+            if not isinstance(ports, set):
+                ports = inbox._anchor = set()
+    ports.add(port)
+
+
+def _unanchor(inbox: Channel[Any], port: Port) -> None:
+    """``port`` ended: ``inbox`` need not keep it alive any more (loop thread)."""
+    ports = inbox._anchor
+    if isinstance(ports, set):
+        ports.discard(port)
 
 
 def _check_active(active: bool | int | str) -> None:

@@ -255,11 +255,13 @@ class IOServer:
             try:
                 driver.stop("server died")
             except Exception:
-                log.exception("ioserver: closing %r after the crash failed", driver.port)
-                with contextlib.suppress(Exception):
-                    driver.port._on_closed()
-                    if driver.port._own_inbox:
-                        driver.inbox.close()
+                port = driver._port()
+                log.exception("ioserver: closing %r after the crash failed", port)
+                if port is not None:
+                    with contextlib.suppress(Exception):
+                        port._on_closed()
+                        if port._own_inbox:
+                            port._inbox.close()
         self._drivers.clear()
         self._wakeup.close(reason)
 

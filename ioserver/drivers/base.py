@@ -28,12 +28,24 @@ dropped and Closed goes out at once. After it, a port's own inbox is closed, so
 
 Faults (lesson 9): an exception in a driver callback becomes ``Error`` then
 ``Closed`` for that port only (``fail``); the loop goes on.
+
+Lifetime. The loop side (the server's driver set, transports, loop callbacks,
+the timer heap) reaches a driver, so the driver holds its Port only weakly
+(``_port``), and reaches the inbox and the undelivered messages (which carry
+``.port``), both kept on the Port, through it: nothing the loop holds keeps a
+Port alive. An inbox keeps the ports delivering into it alive (its
+``_anchor``: the Port whose own inbox it is, or the set of ports sharing it),
+so a port lives exactly as long as someone can receive its messages. A Port
+collected unclosed warns (``ResourceWarning``, as an unclosed file does) and
+submits ``_port_collected``: the transport is aborted, a timer stopped, the
+driver unregistered; no Closed, nobody could receive it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +58,7 @@ from ..framing import (
     make_encoder,
 )
 from ..messages import Closed, Data, Error, Message, Passive
+from ..port import _unanchor, anchor
 from ..wakeup import ServerStopped
 
 if TYPE_CHECKING:
@@ -82,7 +95,7 @@ class Driver:
         "_closed_queued",
         "_counted",
         "_finished",
-        "_pending",
+        "_port",
         "_raw",
         "_reading",
         "_waiting_room",
@@ -90,10 +103,8 @@ class Driver:
         "bytes_out",
         "decoder",
         "encoder",
-        "inbox",
         "messages_in",
         "packet",
-        "port",
         "server",
         "transport",
     )
@@ -110,8 +121,8 @@ class Driver:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
     ) -> None:
         self.server = server
-        self.port = port
-        self.inbox: Channel[Any] = port._inbox
+        # Weak: the loop side must not keep the Port alive (module docstring).
+        self._port: weakref.ref[Port] = weakref.ref(port)
         self.packet = packet
         mode: PacketMode = packet  # type: ignore[assignment]  # validated by PortOptions
         self._raw = packet is None or packet == "raw"
@@ -125,8 +136,6 @@ class Driver:
         self._active: float = _active_budget(active)
         # Whether reaching 0 sends Passive (only the integer mode does).
         self._counted = isinstance(active, int) and not isinstance(active, bool)
-        # Undelivered messages; NO_ONE (shared, immutable) until the first one.
-        self._pending: deque[Message] = NO_ONE
         self._closed_queued = False  # Closed is in _pending (or delivered)
         self._finished = False  # Closed was delivered: nothing more, ever
         self._waiting_room = False  # a room callback is registered on the inbox
@@ -139,6 +148,24 @@ class Driver:
         self.messages_in = 0
         port._driver = self
         server._register(self)
+
+    @property
+    def port(self) -> Port:
+        """The port; None once it was garbage-collected (then ``_port_collected``
+        is on its way; the callbacks that may run meanwhile check for it)."""
+        return self._port()  # type: ignore[return-value]
+
+    @property
+    def inbox(self) -> Channel[Any]:
+        """The channel the port delivers into (kept by the Port, see above)."""
+        return self._port()._inbox  # type: ignore[union-attr]
+
+    @property
+    def _pending(self) -> deque[Message]:
+        """Undelivered messages, kept on the Port (they carry ``.port``); NO_ONE
+        (shared, immutable) until the first one, and once the port is gone."""
+        port = self._port()
+        return NO_ONE if port is None else port._pending
 
     # -- hooks for subclasses ------------------------------------------------------
 
@@ -191,10 +218,14 @@ class Driver:
         self.transport = None
 
     def pause_writing(self) -> None:
-        self.port._set_transport_busy(True)
+        port = self._port()
+        if port is not None:
+            port._set_transport_busy(True)
 
     def resume_writing(self) -> None:
-        self.port._set_transport_busy(False)
+        port = self._port()
+        if port is not None:
+            port._set_transport_busy(False)
 
     def info(self) -> dict[str, Any]:
         """Per-port observability (lesson 12)."""
@@ -215,7 +246,9 @@ class Driver:
             return
         self.bytes_in += len(data)
         if self._raw:
-            self.deliver(Data(self.port, data))
+            port = self._port()
+            if port is not None:
+                self.deliver(Data(port, data))
             return
         try:
             frames = self.decoder.feed(data)  # type: ignore[union-attr]  # not raw
@@ -249,11 +282,14 @@ class Driver:
         """Queue ``message`` for the inbox and deliver what the mode and room allow."""
         if self._closed_queued:
             return  # nothing may follow Closed
+        port = self._port()
+        if port is None:
+            return  # collected: nobody can receive it (_port_collected is coming)
         self.messages_in += 1
-        pending = self._pending
+        pending = port._pending
         if not pending and self._active > 0 and not self._waiting_room:
             try:
-                self.inbox.try_send(message)
+                port._inbox.try_send(message)
             except Full:
                 self._hold(message)
                 self._wait_for_room()
@@ -269,9 +305,12 @@ class Driver:
 
     def _hold(self, message: Message, first: bool = False) -> None:
         """Keep ``message`` undelivered for now (at the head if ``first``)."""
-        pending = self._pending
+        port = self._port()
+        if port is None:
+            return
+        pending = port._pending
         if pending is NO_ONE:
-            pending = self._pending = deque()
+            pending = port._pending = deque()
         if first:
             pending.appendleft(message)
         else:
@@ -289,8 +328,11 @@ class Driver:
 
     def _flush(self, force_head: bool = False) -> None:
         """Deliver pending messages while active and the inbox has room."""
-        pending = self._pending
-        inbox = self.inbox
+        port = self._port()
+        if port is None:
+            return
+        pending = port._pending
+        inbox = port._inbox
         while pending:
             message = pending[0]
             control = isinstance(message, _CONTROL)
@@ -318,7 +360,10 @@ class Driver:
         if self._waiting_room:
             return
         self._waiting_room = True
-        if not self.inbox._notify_when_room(self._room_callback):
+        port = self._port()
+        if port is None:
+            return
+        if not port._inbox._notify_when_room(self._room_callback):
             self._waiting_room = False
             self.server._wakeup.submit(self._on_room)
 
@@ -345,7 +390,6 @@ class Driver:
 
     def _inbox_gone(self) -> None:
         """Someone closed the inbox we deliver into: nobody listens; close the port."""
-        self._pending.clear()
         self._closed_queued = True
         self._abort()
         self._after_closed()
@@ -371,21 +415,26 @@ class Driver:
         nothing would ever end the port: its room callbacks may be gone)."""
         if self._finished:
             return
+        port = self._port()
+        if port is None:  # collected: nobody to tell; just end
+            self._closed_queued = True
+            self._after_closed()
+            return
         if not self._closed_queued:
             self._closed_queued = True
-            self.port._on_closed()
+            port._on_closed()
             if not force:
-                self._hold(Closed(self.port, reason))
+                self._hold(Closed(port, reason))
                 self._flush()
                 return
-            self._pending.clear()
-            self._hold(Closed(self.port, reason))
+            port._pending.clear()
+            self._hold(Closed(port, reason))
         elif not force:
             return
         else:
             # Closed is queued behind undelivered input: drop the input, keep Closed.
-            closed = [m for m in self._pending if isinstance(m, Closed)]
-            self._pending.clear()
+            closed = [m for m in port._pending if isinstance(m, Closed)]
+            port._pending.clear()
             for message in closed:
                 self._hold(message)
         # Our side ended the port: drop undelivered input, deliver Closed now.
@@ -395,25 +444,45 @@ class Driver:
 
     def _force_closed(self) -> None:
         """The inbox is full but Closed must arrive: put it in past the capacity."""
-        pending = self._pending
+        port = self._port()
+        pending = NO_ONE if port is None else port._pending
         while pending:
             message = pending.popleft()
             if isinstance(message, Closed):
                 try:
-                    self.inbox._put_overflow(message)
+                    port._inbox._put_overflow(message)  # type: ignore[union-attr]
                 except ChannelClosed:
                     pass
                 break
         self._after_closed()
 
     def _after_closed(self) -> None:
+        """The port ended (Closed delivered, or nobody left to deliver it to)."""
         if self._finished:
             return
         self._finished = True
-        self._pending.clear()
-        if self.port._own_inbox:
-            self.inbox.close()
+        port = self._port()
+        if port is not None:
+            port._pending.clear()
+            inbox = port._inbox
+            if port._own_inbox:
+                inbox.close()
+            else:
+                _unanchor(inbox, port)  # its messages no longer need it alive
         self.server._unregister(self)
+
+    def _port_collected(self) -> None:
+        """Loop thread: the Port was garbage-collected unclosed (``Port.__del__``):
+        nobody can receive its messages. Free the resources: abort the transport
+        (a timer stops, a child is killed), unregister; no Closed."""
+        if self._finished:
+            return
+        self._closed_queued = True
+        try:
+            self._abort()
+        except Exception:
+            log.exception("ioserver: aborting the driver of a collected port failed")
+        self._after_closed()
 
     def _forked(self) -> None:
         """In a forked child (``IOServer._forked``), not on any loop: the port was
@@ -421,12 +490,12 @@ class Driver:
         drop what its inbox buffered (the parent's), deliver ``Closed(port,
         "forked")``, close its own inbox. Never touches the transport, the loop or
         their fds, which the parent still uses."""
-        if self._finished:
+        port = self._port()
+        if self._finished or port is None:
             return
         self._finished = True  # nothing here runs this driver again
-        port = self.port
         port._closed = True
-        inbox = self.inbox
+        inbox = port._inbox
         if type(inbox).__module__ != Channel.__module__:
             return  # a special inbox (the daemon's sink writes to a shared socket)
         if inbox._lock.locked():
@@ -511,17 +580,20 @@ class Driver:
 
     def transfer(self, inbox: Channel[Any]) -> None:
         """Switch to ``inbox``, forwarding this port's messages still queued in the old one."""
-        old = self.inbox
+        port = self.port  # alive: the caller holds it
+        old = port._inbox
         if inbox is old:
             return
-        moved = old._take_matching(lambda m: getattr(m, "port", None) is self.port)
+        moved = old._take_matching(lambda m: getattr(m, "port", None) is port)
         for message in reversed(moved):
             self._hold(message, first=True)
-        if self.port._own_inbox:
+        if port._own_inbox:
             old.close()
-        self.inbox = inbox
-        self.port._inbox = inbox
+        else:
+            _unanchor(old, port)
+        anchor(inbox, port)
+        port._inbox = inbox
         inbox._fed_by_loop = True
-        self.port._own_inbox = False
+        port._own_inbox = False
         self._waiting_room = False
         self._flush()

@@ -339,7 +339,9 @@ class FileDriver(Driver):
 
     def _update_busy(self) -> None:
         """Writers: busy above high water, idle again at low water (lesson 6)."""
-        port = self.port
+        port = self._port()
+        if port is None:  # collected (drivers/base.py, "Lifetime"): nobody to tell
+            return
         if port._transport_busy:
             if self._wq_bytes <= port.low_water:
                 port._set_transport_busy(False)

@@ -204,7 +204,9 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
         if fd == 0:
             if self._stdin_state == "open":
                 self._stdin_state = "lost"
-            self.port._set_transport_busy(False)  # no resume_writing will come now
+            port = self._port()
+            if port is not None:  # None: collected (drivers/base.py, "Lifetime")
+                port._set_transport_busy(False)  # no resume_writing will come now
             return
         self._open_readers.discard(fd)
         try:
@@ -228,7 +230,9 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
             self._kill_handle = None
         if self.transport is not None:
             self.returncode = self.transport.get_returncode()
-        self.port.info_extra["returncode"] = self.returncode
+        port = self._port()
+        if port is not None:
+            port.info_extra["returncode"] = self.returncode
         if self._closed_queued:
             self._release()  # no Exited: the port already ended (closed, failed)
         else:
@@ -236,12 +240,6 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Everything ended (asyncio's own transports); _maybe_exited did the work."""
-
-    def pause_writing(self) -> None:
-        self.port._set_transport_busy(True)
-
-    def resume_writing(self) -> None:
-        self.port._set_transport_busy(False)
 
     def _maybe_exited(self) -> None:
         """Deliver Exited then Closed once the child is reaped and its output read."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -154,8 +155,12 @@ class ListenerDriver(Driver):
         super().__init__(server, port, active=True)
         self.kind = f"{kind}-listener"
         self.conn_kind = kind
-        self.conn_options = conn_options
-        self.conn_inbox = conn_inbox
+        # Not the PortOptions: they hold the shared inbox strongly.
+        self._conn_high_water = conn_options.high_water
+        self._conn_kwargs = conn_options.driver_kwargs()
+        # Weak, as the port (drivers/base.py, "Lifetime"): a shared inbox keeps its
+        # ports alive, and the loop must not keep it alive.
+        self._conn_inbox = None if conn_inbox is None else weakref.ref(conn_inbox)
         self.socks = socks
         self.accepted = 0
         self._armed = False  # the listening sockets are watched
@@ -168,12 +173,17 @@ class ListenerDriver(Driver):
         """Loop thread: start accepting."""
         self._arm()
 
-    def new_connection(self) -> StreamDriver:
+    def new_connection(self) -> _AcceptedDriver:
         """The protocol factory for accepted connections (loop thread)."""
-        opts = self.conn_options
-        conn = Port(self.server, self.conn_kind, self.conn_inbox, high_water=opts.high_water)
-        driver = _AcceptedDriver(self.server, conn, self.conn_kind, **opts.driver_kwargs())
+        inbox = None
+        if self._conn_inbox is not None:
+            inbox = self._conn_inbox()
+            if inbox is None:
+                raise ConnectionAbortedError("the inbox for accepted connections is gone")
+        conn = Port(self.server, self.conn_kind, inbox, high_water=self._conn_high_water)
+        driver = _AcceptedDriver(self.server, conn, self.conn_kind, **self._conn_kwargs)
         driver.listener = self  # set before connection_made, which reads it
+        driver.unannounced = conn  # kept alive until Accepted carries it
         return driver
 
     # Accepting.
@@ -223,9 +233,9 @@ class ListenerDriver(Driver):
 
     async def _connect(self, conn: socket.socket) -> None:
         """Make an accepted socket a transport; its driver delivers ``Accepted``."""
-        made: list[StreamDriver] = []
+        made: list[_AcceptedDriver] = []
 
-        def factory() -> StreamDriver:
+        def factory() -> _AcceptedDriver:
             driver = self.new_connection()
             made.append(driver)
             return driver
@@ -238,8 +248,10 @@ class ListenerDriver(Driver):
             conn.close()
             for driver in made:  # never connected: leave nothing registered behind
                 driver._closed_queued = True
-                driver.port._on_closed()
+                if driver.unannounced is not None:
+                    driver.unannounced._on_closed()
                 driver._after_closed()
+                driver.unannounced = None
         finally:
             self._in_flight -= 1
             if not self._closed_queued:
@@ -282,14 +294,18 @@ class ListenerDriver(Driver):
 class _AcceptedDriver(StreamDriver):
     """An accepted connection: announces itself to its listener once connected."""
 
-    __slots__ = ("listener",)
+    __slots__ = ("listener", "unannounced")
     listener: ListenerDriver | None
+    #: The port until ``Accepted`` carries it to the listener's owner (nobody else
+    #: holds it before that; the driver holds its port only weakly).
+    unannounced: Port | None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         listener = self.listener
-        if listener is not None and not listener._closed_queued:
-            listener.deliver(Accepted(listener.port, self.port))
+        conn, self.unannounced = self.unannounced, None
+        if listener is not None and not listener._closed_queued and conn is not None:
+            listener.deliver(Accepted(listener.port, conn))
         else:
             self._abort()  # the listener closed meanwhile: nobody will own it
 
