@@ -283,15 +283,17 @@ def open_udp(server: Any, local_addr: Any, options: dict[str, Any]) -> Port:
     async def open_endpoint() -> None:
         driver = UDPDriver(server, port, max_pending=max_pending, **opts.driver_kwargs())
         try:
-            await asyncio.wait_for(
-                server.loop.create_datagram_endpoint(
+            sock = numeric_socket(local_addr, remote_addr, **endpoint_kwargs)
+            if sock is not None:
+                endpoint = server.loop.create_datagram_endpoint(lambda: driver, sock=sock)
+            else:
+                endpoint = server.loop.create_datagram_endpoint(
                     lambda: driver,
                     local_addr=local_addr,
                     remote_addr=remote_addr,
                     **endpoint_kwargs,
-                ),
-                opts.timeout,
-            )
+                )
+            await asyncio.wait_for(endpoint, opts.timeout)
         except BaseException:
             # Never opened: no Closed to deliver, nothing left registered or warned about.
             driver._abort()
@@ -301,3 +303,55 @@ def open_udp(server: Any, local_addr: Any, options: dict[str, Any]) -> Port:
 
     server._run_coroutine(open_endpoint)
     return port
+
+
+def numeric_socket(
+    local_addr: Any,
+    remote_addr: Any,
+    *,
+    reuse_port: bool = False,
+    allow_broadcast: bool = False,
+) -> socket.socket | None:
+    """A bound (and connected) non-blocking UDP socket when both addresses are
+    numeric IP addresses, else None (the loop resolves names).
+
+    Binding it here, rather than handing uvloop the addresses, keeps libuv's
+    resolver threadpool unstarted: a process forked after that pool started
+    crashes at exit (libuv joins threads the child does not have).
+    """
+    family = 0
+    resolved: list[Any] = []
+    for addr in (local_addr, remote_addr):
+        if addr is None:
+            resolved.append(None)
+            continue
+        if not isinstance(addr, tuple) or len(addr) not in (2, 4):
+            return None
+        try:
+            infos = socket.getaddrinfo(
+                addr[0],
+                addr[1],
+                family,
+                socket.SOCK_DGRAM,
+                0,
+                socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+            )
+        except (OSError, UnicodeError, TypeError):
+            return None  # a name (or something odd): the loop's own path decides
+        family = infos[0][0]
+        resolved.append(infos[0][4] if len(addr) == 2 else addr)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if allow_broadcast:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if resolved[0] is not None:
+            sock.bind(resolved[0])
+        if resolved[1] is not None:
+            sock.connect(resolved[1])
+    except BaseException:
+        sock.close()
+        raise
+    return sock

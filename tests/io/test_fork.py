@@ -161,6 +161,10 @@ CHILD_EXITS = textwrap.dedent(
         listener = io.listen_tcp("127.0.0.1", 0)
         conn = io.connect_tcp("127.0.0.1", listener.address[1])
         peer = listener.recv(timeout=10).conn
+        # UDP ports bound to numeric addresses: their opening must not start libuv's
+        # resolver threads (a child forked after that crashes at exit, SIGSEGV).
+        udp = io.open_udp(("127.0.0.1", 0))
+        udp_client = io.open_udp(remote_addr=udp.address)
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -177,6 +181,8 @@ CHILD_EXITS = textwrap.dedent(
         elapsed = time.monotonic() - start
         conn.send(b"parent ok")
         assert peer.recv(timeout=10).data == b"parent ok"
+        udp_client.send(b"udp ok")
+        assert udp.recv(timeout=10).data == b"udp ok"
         print(MODE, os.waitstatus_to_exitcode(status) if status != -1 else -1, elapsed)
 
     MODE = sys.argv[1]
