@@ -374,7 +374,8 @@ class IOServer:
 
     def connect_tcp(self, host: str, port: int, **options: Any) -> Port:
         """Connect to ``host:port``; blocks until connected (raises the OSError on
-        failure: ConnectionRefusedError, ...). Options: ``inbox``, ``packet``,
+        failure: ConnectionRefusedError, ...; a name is resolved in the calling thread,
+        its addresses tried in order). Options: ``inbox``, ``packet``,
         ``active``, ``timeout``, ``high_water``, ``max_frame_bytes``."""
         from .drivers import tcp
 

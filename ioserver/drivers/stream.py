@@ -373,19 +373,10 @@ def listen(
     return port
 
 
-async def tcp_sockets(
-    loop: asyncio.AbstractEventLoop, host: str | None, port: int, backlog: int
-) -> list[socket.socket]:
-    """Listening TCP sockets for ``host:port`` (every address it resolves to, as
+async def tcp_sockets(infos: list[Any], backlog: int) -> list[socket.socket]:
+    """Listening TCP sockets for the resolved ``infos`` (every address, as
     ``loop.create_server`` binds): SO_REUSEADDR, IPv6 sockets v6-only, non-blocking.
-    A numeric host is resolved here at once; a name by the loop's resolver."""
-    flags = socket.AI_PASSIVE
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, 0, socket.SOCK_STREAM, 0, flags | socket.AI_NUMERICHOST
-        )
-    except socket.gaierror:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
+    (A coroutine only to fit ``listen``'s ``open_fn``: nothing here waits.)"""
     socks: list[socket.socket] = []
     try:
         for family, type_, proto, _, address in dict.fromkeys(infos):
@@ -403,7 +394,7 @@ async def tcp_sockets(
             sock.listen(backlog)
             sock.setblocking(False)
         if not socks:
-            raise OSError(f"no address to listen on for {host!r}")
+            raise OSError("no address to listen on")
     except BaseException:
         for sock in socks:
             sock.close()

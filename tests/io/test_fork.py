@@ -165,6 +165,10 @@ CHILD_EXITS = textwrap.dedent(
         # resolver threads (a child forked after that crashes at exit, SIGSEGV).
         udp = io.open_udp(("127.0.0.1", 0))
         udp_client = io.open_udp(remote_addr=udp.address)
+        # A host name: resolved in this thread, never by libuv's threadpool (same crash).
+        named = io.connect_tcp("localhost", listener.address[1])
+        named_peer = listener.recv(timeout=10).conn
+        named_listener = io.listen_tcp("localhost", 0)
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
@@ -181,6 +185,9 @@ CHILD_EXITS = textwrap.dedent(
         elapsed = time.monotonic() - start
         conn.send(b"parent ok")
         assert peer.recv(timeout=10).data == b"parent ok"
+        named.send(b"named ok")
+        assert named_peer.recv(timeout=10).data == b"named ok"
+        named_listener.close()
         udp_client.send(b"udp ok")
         assert udp.recv(timeout=10).data == b"udp ok"
         print(MODE, os.waitstatus_to_exitcode(status) if status != -1 else -1, elapsed)
