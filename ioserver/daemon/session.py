@@ -365,12 +365,8 @@ class Session(asyncio.Protocol):
             self.accepting += 1
             return accepted
         conn = accepted.conn
-        driver = conn._driver
-        if driver is not None:  # closed without a word: the client never knew it
-            driver._closed_queued = True
-            conn._on_closed()
-            driver._abort()
-            driver._after_closed()
+        if conn._driver is not None:  # closed without a word: the client never knew it
+            conn._driver.discard()
         self._drop_held(conn)
         peer = protocol.describe(getattr(conn, "peer", None))
         return Error(

@@ -471,18 +471,28 @@ class Driver:
                 _unanchor(inbox, port)  # its messages no longer need it alive
         self.server._unregister(self)
 
-    def _port_collected(self) -> None:
-        """Loop thread: the Port was garbage-collected unclosed (``Port.__del__``):
-        nobody can receive its messages. Free the resources: abort the transport
-        (a timer stops, a child is killed), unregister; no Closed."""
+    def discard(self, *, abort: bool = True) -> None:
+        """End a port its owner never heard of (a failed open, a refused or
+        collected connection): abort the transport (unless ``abort`` is False),
+        mark the port closed, unregister; no Closed is delivered."""
         if self._finished:
             return
         self._closed_queued = True
-        try:
-            self._abort()
-        except Exception:
-            log.exception("ioserver: aborting the driver of a collected port failed")
+        port = self._port()
+        if port is not None:
+            port._on_closed()
+        if abort:
+            try:
+                self._abort()
+            except Exception:
+                log.exception("ioserver: aborting %r failed", port)
         self._after_closed()
+
+    def _port_collected(self) -> None:
+        """Loop thread: the Port was garbage-collected unclosed (``Port.__del__``):
+        nobody can receive its messages. Free the resources (a timer stops, a
+        child is killed); no Closed."""
+        self.discard()
 
     def _forked(self) -> None:
         """In a forked child (``IOServer._forked``), not on any loop: the port was

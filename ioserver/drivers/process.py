@@ -677,11 +677,7 @@ def spawn(server: Any, argv: Sequence[str], options: dict[str, Any]) -> Port:
         try:
             await asyncio.wait_for(start(server.loop, driver, args, cwd, env, stderr), opts.timeout)
         except BaseException:
-            if driver.transport is not None:
-                driver._abort()
-            driver._closed_queued = True
-            port._on_closed()
-            driver._after_closed()
+            driver.discard(abort=driver.transport is not None)
             raise
 
     server._run_coroutine(open_process)

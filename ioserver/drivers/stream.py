@@ -247,10 +247,7 @@ class ListenerDriver(Driver):
             log.warning("ioserver: %r: an accepted connection failed: %r", self.port, exc)
             conn.close()
             for driver in made:  # never connected: leave nothing registered behind
-                driver._closed_queued = True
-                if driver.unannounced is not None:
-                    driver.unannounced._on_closed()
-                driver._after_closed()
+                driver.discard(abort=False)
                 driver.unannounced = None
         finally:
             self._in_flight -= 1
@@ -336,9 +333,7 @@ def connect(server: Any, kind: str, open_fn: OpenFn, options: dict[str, Any]) ->
             # uvloop makes the protocol before it connects: unregister it, so a
             # refused or timed-out connect leaves no port behind.
             for driver in made:
-                driver._closed_queued = True
-                port._on_closed()
-                driver._after_closed()
+                driver.discard(abort=False)
             raise
 
     server._run_coroutine(open_connection)
