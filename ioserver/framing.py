@@ -841,20 +841,37 @@ class MsgpackEncoder(Encoder[Any]):
 
 @overload
 def make_decoder(
-    packet: Literal["msgpack"], *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    packet: Literal["msgpack"],
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> Decoder[Any]: ...
 @overload
 def make_decoder(
-    packet: BytePacketMode, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    packet: BytePacketMode,
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> Decoder[bytes]: ...
 @overload
 def make_decoder(
-    packet: PacketMode, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    packet: PacketMode,
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> Decoder[Any]: ...
 def make_decoder(
-    packet: PacketMode, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    packet: PacketMode,
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    max_depth: int = DEFAULT_MAX_DEPTH,
 ) -> Decoder[Any]:
-    """Return a fresh decoder for ``packet`` (one per stream).
+    """Return a fresh decoder for ``packet`` (one per stream). ``max_elements`` and
+    ``max_depth`` bound what one msgpack frame may decode to (see DecodeBudget).
 
     ValueError, naming the valid choices, for an unknown ``packet``; ValueError
     for a ``max_frame_bytes`` that is not an int >= 1.
@@ -865,7 +882,7 @@ def make_decoder(
     if mode == "line":
         return LineDecoder(max_frame_bytes)
     if mode == "msgpack":
-        return MsgpackDecoder(max_frame_bytes)  # with the default DecodeBudget
+        return MsgpackDecoder(max_frame_bytes, max_elements=max_elements, max_depth=max_depth)
     return LengthPrefixDecoder(mode, max_frame_bytes)
 
 

@@ -376,7 +376,9 @@ class IOServer:
         """Connect to ``host:port``; blocks until connected (raises the OSError on
         failure: ConnectionRefusedError, ...; a name is resolved in the calling thread,
         its addresses tried in order). Options: ``inbox``, ``packet``,
-        ``active``, ``timeout``, ``high_water``, ``max_frame_bytes``."""
+        ``active``, ``timeout``, ``high_water``, ``max_frame_bytes``, and for
+        ``packet="msgpack"`` ``max_elements``/``max_depth`` (what one frame may
+        decode to; 100,000 values, 64 deep by default)."""
         from .drivers import tcp
 
         return tcp.connect(self, host, port, options)

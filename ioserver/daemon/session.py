@@ -815,6 +815,9 @@ def _port_options(opts: Any, extra_keys: tuple[str, ...], limits: Any) -> dict[s
         allowed = ", ".join(sorted({*_OPTION_KEYS, *extra_keys}))
         raise ValueError(f"unknown option(s) {sorted(map(str, unknown))}; allowed: {allowed}")
     options = dict(opts)
+    # What one frame of a packet="msgpack" port may decode to: the session's own bounds.
+    options["max_elements"] = limits.max_elements
+    options["max_depth"] = limits.max_depth
     max_frame = limits.max_frame_bytes
     if int(options.setdefault("max_frame_bytes", max_frame)) > max_frame:
         raise LimitExceeded(

@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..channel import NO_ONE, Channel, ChannelClosed, Full
 from ..framing import (
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_ELEMENTS,
     DEFAULT_MAX_FRAME_BYTES,
     FrameError,
     PacketMode,
@@ -119,6 +121,8 @@ class Driver:
         packet: str | int | None = None,
         active: bool | int | str = True,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.server = server
         # Weak: the loop side must not keep the Port alive (module docstring).
@@ -128,7 +132,16 @@ class Driver:
         self._raw = packet is None or packet == "raw"
         # Raw ports share one stateless encoder and need no decoder (feed()
         # delivers each read as is): 120 bytes fewer per idle port.
-        self.decoder = None if self._raw else make_decoder(mode, max_frame_bytes=max_frame_bytes)
+        self.decoder = (
+            None
+            if self._raw
+            else make_decoder(
+                mode,
+                max_frame_bytes=max_frame_bytes,
+                max_elements=max_elements,
+                max_depth=max_depth,
+            )
+        )
         self.encoder = (
             _RAW_ENCODER if self._raw else make_encoder(mode, max_frame_bytes=max_frame_bytes)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..channel import Channel
-from ..framing import DEFAULT_MAX_FRAME_BYTES
+from ..framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_FRAME_BYTES
 from ..port import DEFAULT_HIGH_WATER, _check_active
 
 __all__ = ["PortOptions", "take_options"]
@@ -14,7 +14,16 @@ __all__ = ["PortOptions", "take_options"]
 class PortOptions:
     """The options shared by every kind of port, validated up front in the caller's thread."""
 
-    __slots__ = ("active", "high_water", "inbox", "max_frame_bytes", "packet", "timeout")
+    __slots__ = (
+        "active",
+        "high_water",
+        "inbox",
+        "max_depth",
+        "max_elements",
+        "max_frame_bytes",
+        "packet",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -25,6 +34,8 @@ class PortOptions:
         timeout: float | None = None,
         high_water: int = DEFAULT_HIGH_WATER,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_elements: int = DEFAULT_MAX_ELEMENTS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         if inbox is not None and not isinstance(inbox, Channel):
             raise TypeError(f"inbox must be a Channel, not {type(inbox).__name__}")
@@ -41,6 +52,9 @@ class PortOptions:
         self.timeout = timeout
         self.high_water = high_water
         self.max_frame_bytes = max_frame_bytes
+        # packet="msgpack" only: what one frame may decode to (framing.DecodeBudget).
+        self.max_elements = max_elements
+        self.max_depth = max_depth
 
     def driver_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``Driver.__init__``."""
@@ -48,6 +62,8 @@ class PortOptions:
             "packet": self.packet,
             "active": self.active,
             "max_frame_bytes": self.max_frame_bytes,
+            "max_elements": self.max_elements,
+            "max_depth": self.max_depth,
         }
 
 

@@ -335,6 +335,24 @@ def test_a_msgpack_port_frame_of_empty_arrays_is_refused(daemon: DaemonProcess) 
     assert events[0][1][1][0] == 10 and "max_elements" in events[0][1][1][1], events[0]
 
 
+def test_a_msgpack_port_decodes_within_the_configured_limits(
+    daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    """A ``packet="msgpack"`` port takes [limits] max_elements and max_depth from the
+    daemon's config, not the library's defaults."""
+    d = daemon_factory(limits={"max_elements": 1000, "max_depth": 8})
+    with RawClient(d.socket_path) as c:
+        events = msgpack_port_fed(c, msgpack.packb([0] * 5000))
+        assert [name for name, _ in events] == ["error", "closed"], str(events)[:300]
+        assert "max_elements=1000" in events[0][1][1][1], events[0]
+        nested: Any = []
+        for _ in range(10):
+            nested = [nested]
+        events = msgpack_port_fed(c, msgpack.packb(nested))
+        assert [name for name, _ in events] == ["error", "closed"], str(events)[:300]
+        assert "max_depth=8" in events[0][1][1][1], events[0]
+
+
 # -- the minor ones -------------------------------------------------------------------------
 
 
