@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
 import time
 from _thread import allocate_lock, start_new_thread
@@ -91,7 +92,18 @@ __all__ = [
 ]
 
 _get_ident = threading.get_ident
-_main_thread = threading.main_thread
+# The thread where signal handlers run. A forked child runs them in the
+# thread that forked, which is then its main thread.
+_main_ident = threading.main_thread().ident
+
+
+def _forked() -> None:
+    global _main_ident
+    _main_ident = _get_ident()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 _sleep = time.sleep
 R = TypeVar("R")
 
@@ -225,9 +237,7 @@ class MainThreadWakeup(ThreadWakeup):
 def thread_wakeup() -> ThreadWakeup:
     """A handle for a parking *sender* in this thread: a :class:`MainThreadWakeup`
     in the main thread (where signal handlers run), else a :class:`ThreadWakeup`."""
-    if _get_ident() == _main_thread().ident:
-        return MainThreadWakeup()
-    return ThreadWakeup()
+    return MainThreadWakeup() if _get_ident() == _main_ident else ThreadWakeup()
 
 
 def shielded(undo: Callable[..., R], *args: Any) -> R:
@@ -241,7 +251,7 @@ def shielded(undo: Callable[..., R], *args: Any) -> R:
     (or if no thread can be started) ``undo`` runs here. Returns what ``undo``
     returns, or raises what it raised.
     """
-    if _get_ident() != _main_thread().ident:
+    if _get_ident() != _main_ident:
         return undo(*args)
     box: list[tuple[bool, Any]] = []
     done = allocate_lock()
