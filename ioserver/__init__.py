@@ -4,6 +4,7 @@ Channels and ``select`` for threads and coroutines; I/O ports whose events
 arrive as ordinary channel messages.
 """
 
+from ._core import NATIVE
 from .channel import Channel, ChannelClosed, ChannelStatistics, Empty, Full
 from .sched import AsyncTask, Task, WakeupHandle, current_task
 from .select import aselect, select
@@ -11,6 +12,7 @@ from .server import IOServer, default
 from .wakeup import ServerStopped
 
 __all__ = [
+    "NATIVE",
     "AsyncTask",
     "Channel",
     "ChannelClosed",

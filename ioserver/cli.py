@@ -201,7 +201,8 @@ def format_top(stats: dict[str, Any], previous: dict[str, Any] | None, dt: float
     requests = stats.get("requests", 0)
     per_request = stats.get("pipe_writes", 0) / requests if requests else 0.0
     lines = [
-        f"ioserver pid {stats.get('pid')}  loop {stats.get('loop')}  state {stats.get('state')}",
+        f"ioserver pid {stats.get('pid')}  loop {stats.get('loop')}  "
+        f"core {stats.get('core')}  state {stats.get('state')}",
         f"sessions {stats.get('sessions')}  ports {stats.get('open_ports')}  "
         f"requests {rate('requests')}  batches {rate('batches')}  "
         f"pipe writes/request {per_request:.4f}",

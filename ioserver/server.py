@@ -52,6 +52,7 @@ from collections.abc import Callable, Coroutine
 from time import monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._core import NATIVE
 from .sched import AsyncWakeup, ThreadWakeup
 from .wakeup import DEFAULT_MAX_BATCH, DEFAULT_QUANTUM, ServerStopped, Wakeup
 
@@ -348,7 +349,8 @@ class IOServer:
         that found nothing; ``skipped_wakeups``: timer requests that needed no
         wakeup; ``max_batch``: the largest drain; ``longest_batch_ms``: the
         longest drain; ``pending``: requests queued now; ``ports``: open ports
-        by kind; ``ports_opened``: ports ever opened; ``state``; ``loop``.
+        by kind; ``ports_opened``: ports ever opened; ``state``; ``loop``;
+        ``core``: "native" (the compiled core) or "python".
         """
         w = self._wakeup
         kinds: dict[str, int] = {}
@@ -357,6 +359,7 @@ class IOServer:
         return {
             "state": self._state,
             "loop": self.loop_type,
+            "core": "native" if NATIVE else "python",
             "requests": w.requests,
             "batches": w.batches,
             "pipe_writes": w.pipe_writes,

@@ -14,7 +14,10 @@ if [ ! -x "$venv/bin/python" ]; then
     "$py" -m venv "$venv"
 fi
 stamp="$venv/.ioserver-installed${extras:+-$extras}"
-want="$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)"
+# The stamp covers what the install builds from: the project metadata and the native core.
+want="$(cat "$root/pyproject.toml" "$root/setup.py" "$root"/ioserver/csrc/* | sha256sum | cut -d' ' -f1)"
+# The test extra builds the native core strictly (-Wall -Werror; a failed build fails).
+if [ "$extras" = "test" ]; then export IOSERVER_STRICT_BUILD=1; fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo ">> installing ioserver${extras:+[$extras]} into $venv" >&2
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root${extras:+[$extras]}" 2>&1 \

@@ -394,6 +394,13 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _core_name() -> str:
+    """Which ioserver core this process runs (IOSERVER_PURE=1 forces pure Python)."""
+    import ioserver
+
+    return "native" if ioserver.NATIVE else "python"
+
+
 def machine_info() -> dict[str, str]:
     try:
         import zmq
@@ -417,6 +424,7 @@ def machine_info() -> dict[str, str]:
         "pyzmq": f"{_version('pyzmq')} (libzmq {libzmq})",
         "anyio": _version("anyio"),
         "commit": _git_commit(),
+        "core": _core_name(),
         "load": load,
     }
 

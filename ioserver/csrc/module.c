@@ -1,0 +1,36 @@
+/* ioserver._native: the module object; each part adds its types (native.h). */
+#include "native.h"
+
+static int
+native_exec(PyObject *module)
+{
+    if (ioserver_init_sched(module) < 0 || ioserver_init_channel(module) < 0
+        || ioserver_init_select(module) < 0 || ioserver_init_queue(module) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static PyModuleDef_Slot native_slots[] = {
+    {Py_mod_exec, native_exec},
+#ifdef Py_GIL_DISABLED
+    /* The GIL is this module's only mutex: a free-threaded build keeps it on. */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "ioserver._native",
+    .m_doc = "The native core of ioserver: the hot paths of sched, channel, select and "
+             "the request queue, behind the same contract as the pure-Python modules.",
+    .m_size = 0,
+    .m_slots = native_slots,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    return PyModuleDef_Init(&native_module);
+}
