@@ -939,16 +939,17 @@ def poll_run(kind: str) -> Callable[[int, float], float]:
 
 
 CHANNEL_TARGETS = [
-    Target("spsc", "Channel()", ">=", 0.5, "spsc: Channel() >= 0.5x SimpleQueue"),
-    Target("mpsc", "Channel()", ">=", 0.5, "mpsc: Channel() >= 0.5x SimpleQueue"),
-    Target("spsc", "Channel(1024)", ">=", 0.4, "spsc: Channel(1024) >= 0.4x SimpleQueue"),
-    Target("mpsc", "Channel(1024)", ">=", 0.4, "mpsc: Channel(1024) >= 0.4x SimpleQueue"),
-    Target("thread_to_coroutine", "Channel()", ">=", 20, "thread->coro: Channel() >= 20x janus"),
+    Target("spsc", "Channel()", ">=", 1.0, "spsc: Channel() >= 1.0x SimpleQueue"),
+    Target("mpsc", "Channel()", ">=", 1.0, "mpsc: Channel() >= 1.0x SimpleQueue"),
+    Target("spsc", "Channel(1024)", ">=", 0.9, "spsc: Channel(1024) >= 0.9x SimpleQueue"),
+    Target("mpsc", "Channel(1024)", ">=", 0.75, "mpsc: Channel(1024) >= 0.75x SimpleQueue"),
+    Target("thread_to_coroutine", "Channel()", ">=", 50, "thread->coro: Channel() >= 50x janus"),
     Target(
-        "thread_to_coroutine", "Channel(1024)", ">=", 20, "thread->coro: Channel(1024) >= 20x janus"
+        "thread_to_coroutine", "Channel(1024)", ">=", 50, "thread->coro: Channel(1024) >= 50x janus"
     ),
-    Target("select_echo", "select(4)", "<=", 2.0, "select echo <= 2x recv echo"),
-    Target("round_trip", "Channel", "<=", 1.2, "round trip: Channel <= 1.2x Lock ping-pong"),
+    Target("select_echo", "select(4)", "<=", 1.3, "select echo <= 1.3x recv echo"),
+    Target("select_poll_ready", "select(4)", "<=", 3.0, "ready poll: select(4) <= 3x try_recv"),
+    Target("round_trip", "Channel", "<=", 1.05, "round trip: Channel <= 1.05x Lock ping-pong"),
 ]
 
 
@@ -1259,10 +1260,10 @@ class EchoServer:
         self.lt.stop()
 
 
-def _echo_sockets(port: int) -> list[socket.socket]:
+def _echo_sockets(port: int, count: int = ECHO_CONNS) -> list[socket.socket]:
     socks = []
     try:
-        for _ in range(ECHO_CONNS):
+        for _ in range(count):
             s = socket.create_connection((ECHO_HOST, port), timeout=ECHO_STALL)
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             socks.append(s)
@@ -1349,6 +1350,80 @@ def echo_selectors(port: int, ms: int, timeout: float) -> float:
     finally:
         for s in socks:
             s.close()
+
+
+def echo_one_socket(port: int, n: int, timeout: float) -> float:
+    """One blocking socket in one thread: sendall 64 B, recv until 64 B, n times."""
+    (s,) = _echo_sockets(port, 1)
+
+    def body() -> float:
+        sendall, recv = s.sendall, s.recv
+        t0 = perf_counter()
+        for _ in range(n):
+            sendall(ECHO_MSG)
+            got = 0
+            while got < 64:
+                chunk = recv(64 - got)  # bounded by the socket timeout
+                if not chunk:
+                    raise ConnectionError("echo server closed the connection")
+                got += len(chunk)
+        return perf_counter() - t0
+
+    try:
+        return timed_in_thread(body, timeout)
+    finally:
+        s.close()
+
+
+def echo_one_selectors(port: int, n: int, timeout: float) -> float:
+    """One non-blocking socket, waiting for each reply in a ``selectors`` select."""
+    (s,) = _echo_sockets(port, 1)
+
+    def body() -> float:
+        s.setblocking(False)
+        with selectors.DefaultSelector() as sel:
+            sel.register(s, selectors.EVENT_READ)
+            select, send, recv = sel.select, s.send, s.recv
+            t0 = perf_counter()
+            for _ in range(n):
+                send(ECHO_MSG)
+                got = 0
+                while got < 64:
+                    if not select(ECHO_STALL):
+                        raise TimeoutError("no reply for 5 s")
+                    chunk = recv(4096)
+                    if not chunk:
+                        raise ConnectionError("echo server closed the connection")
+                    got += len(chunk)
+            return perf_counter() - t0
+
+    try:
+        return timed_in_thread(body, timeout)
+    finally:
+        s.close()
+
+
+def echo_one_port(port: int, n: int, timeout: float) -> float:
+    """One ioserver TCP port: ``port.send`` then ``port.recv`` until 64 B, n times."""
+    from ioserver.server import IOServer
+
+    with IOServer() as io:
+        conn = io.connect_tcp(ECHO_HOST, port, timeout=ECHO_STALL)
+
+        def body() -> float:
+            send, recv = conn.send, conn.recv
+            t0 = perf_counter()
+            for _ in range(n):
+                send(ECHO_MSG)
+                got = 0
+                while got < 64:
+                    got += len(recv(ECHO_STALL).data)  # Data; anything else raises here
+            return perf_counter() - t0
+
+        try:
+            return timed_in_thread(body, timeout)
+        finally:
+            conn.close()
 
 
 @contextlib.contextmanager
@@ -1703,11 +1778,11 @@ SUBMIT_BASE = "uvloop call_soon_threadsafe"
 PIPE = "pipe writes/100k"
 
 IO_TARGETS = [
-    Target("submit_1t", "io.call_soon", ">=", 2.0, "submit 1 thread: io >= 2x uvloop cst"),
-    Target("submit_2t", "io.call_soon", ">=", 2.0, "submit 2 threads: io >= 2x uvloop cst"),
-    Target("submit_1t", "io.call_soon", "<=", 10, "submit 1t: <= 10 pipe writes/100k", metric=PIPE),
-    Target("submit_2t", "io.call_soon", "<=", 10, "submit 2t: <= 10 pipe writes/100k", metric=PIPE),
-    Target("call_rt", "io.call", "<=", 1.2, "call_rt: io.call <= 1.2x Lock ping-pong"),
+    Target("submit_1t", "io.call_soon", ">=", 3.0, "submit 1 thread: io >= 3x uvloop cst"),
+    Target("submit_2t", "io.call_soon", ">=", 3.0, "submit 2 threads: io >= 3x uvloop cst"),
+    Target("submit_1t", "io.call_soon", "<=", 2, "submit 1t: <= 2 pipe writes/100k", metric=PIPE),
+    Target("submit_2t", "io.call_soon", "<=", 2, "submit 2t: <= 2 pipe writes/100k", metric=PIPE),
+    Target("call_rt", "io.call", "<=", 1.1, "call_rt: io.call <= 1.1x Lock ping-pong"),
     Target(
         "call_rt",
         "io.call",
@@ -1729,10 +1804,11 @@ IO_TARGETS = [
         "tcp_echo",
         "io shared inbox",
         ">=",
-        0.8,
-        "tcp_echo: shared inbox >= 0.8x selectors",
+        1.0,
+        "tcp_echo: shared inbox >= 1.0x selectors",
         versus="selectors",
     ),
+    Target("echo_1", "io port", "<=", 1.5, "echo_1: io port <= 1.5x a blocking socket"),
     Target("idle_ports", "client ports", "<=", 4096, "idle: client port <= 4 KiB", metric="value"),
     Target(
         "idle_ports", "accepted ports", "<=", 4096, "idle: accepted port <= 4 KiB", metric="value"
@@ -1844,6 +1920,44 @@ def run_io(cfg: Config) -> list[Row]:
                     baseline="100 threads",
                     versus=("selectors", "uvloop client"),
                     direct=True,
+                )
+            finally:
+                echo.stop()
+
+    if cfg.wants("echo_1"):
+        progress(f"echo_1: one connection, one 64 B message outstanding, {trips} round trips")
+        try:
+            echo = EchoServer(to)
+        except Exception as exc:
+            rows.append(Row("echo_1", "(echo server)", "µs/rt", "", status=f"error: {exc}"))
+        else:
+            try:
+                port = echo.port
+                contenders = [
+                    Contender(
+                        "blocking socket",
+                        partial(echo_one_socket, port, timeout=to),
+                        "sendall + recv in one thread",
+                    ),
+                    Contender(
+                        "selectors",
+                        partial(echo_one_selectors, port, timeout=to),
+                        "non-blocking socket + selectors.DefaultSelector",
+                    ),
+                    Contender(
+                        "io port",
+                        partial(echo_one_port, port, timeout=to),
+                        "port.send + port.recv",
+                    ),
+                ]
+                rows += measure(
+                    cfg,
+                    "echo_1",
+                    contenders,
+                    n=trips,
+                    unit="µs/rt",
+                    baseline="blocking socket",
+                    versus=("selectors",),
                 )
             finally:
                 echo.stop()
@@ -2202,10 +2316,10 @@ DAEMON_TARGETS = [
         "tcp_echo_100",
         "remote shared inbox",
         ">=",
-        1.0,
-        "tcp_echo_100: remote >= 1x embedded (aim)",
+        1.2,
+        "tcp_echo_100: remote >= 1.2x embedded",
     ),
-    Target("ping_rt", "remote.ping()", "report", 0, "ping_rt: remote.ping / io.call"),
+    Target("ping_rt", "remote.ping()", "<=", 3.0, "ping_rt: remote.ping <= 3x io.call"),
     Target("echo_rt", "remote port", "report", 0, "echo_rt: remote / embedded port"),
     Target("pipelined_writes", "remote port", "report", 0, "pipelined: remote / embedded"),
     Target("pipelined_writes", "embedded port", "report", 0, "pipelined: embedded", metric="value"),
