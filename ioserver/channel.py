@@ -82,8 +82,9 @@ from dataclasses import dataclass
 from threading import Lock
 from time import monotonic as _now
 from time import sleep as _sleep
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ._core import native
 from .sched import (
     AsyncWakeup,
     ThreadWakeup,
@@ -93,7 +94,15 @@ from .sched import (
     thread_wakeup,
 )
 
-__all__ = ["Channel", "ChannelClosed", "ChannelStatistics", "Empty", "Full"]
+__all__ = [
+    "Channel",
+    "ChannelClosed",
+    "ChannelStatistics",
+    "Empty",
+    "Full",
+    "NativeChannel",
+    "PyChannel",
+]
 
 T = TypeVar("T")
 
@@ -182,7 +191,7 @@ _Receiver = tuple[WakeupHandle, int]  # (handle, index of the op in its select)
 _Sender = tuple[WakeupHandle, int, Any]  # (handle, index, message)
 
 
-class Channel(Generic[T]):
+class PyChannel(Generic[T]):
     """A FIFO channel between any number of threads and coroutines, on any loops.
 
     ``Channel()`` is unbounded, ``Channel(capacity=N)`` holds at most N
@@ -212,8 +221,8 @@ class Channel(Generic[T]):
         "_watchers",
     )
 
-    def __new__(cls, capacity: int | None = None) -> Channel[T]:
-        if cls is Channel:
+    def __new__(cls, capacity: int | None = None) -> PyChannel[T]:
+        if cls is PyChannel:
             if capacity is None:
                 cls = _Unbounded
             elif not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 0:
@@ -605,7 +614,7 @@ def _wake(handle: WakeupHandle, index: int, payload: Any) -> None:
 # Unbounded
 
 
-class _Unbounded(Channel[T]):
+class _Unbounded(PyChannel[T]):
     """Never full: sends never block."""
 
     __slots__ = ()
@@ -661,7 +670,7 @@ class _Unbounded(Channel[T]):
 # Bounded
 
 
-class _Bounded(Channel[T]):
+class _Bounded(PyChannel[T]):
     """At most ``capacity`` messages; ``_room`` holds one token per free slot."""
 
     __slots__ = ()
@@ -825,7 +834,7 @@ class _Bounded(Channel[T]):
 # Rendezvous
 
 
-class _Rendezvous(Channel[T]):
+class _Rendezvous(PyChannel[T]):
     """No buffer: a send completes when a receiver takes the message.
 
     ``_buf`` only ever holds messages put back by cancelled coroutine receivers.
@@ -888,7 +897,7 @@ class _Rendezvous(Channel[T]):
                 _ask_a_sender(self)  # pass the request on to the next parked sender
 
 
-def _hand_to_receiver(ch: Channel[Any], value: Any) -> bool:
+def _hand_to_receiver(ch: PyChannel[Any], value: Any) -> bool:
     """Rendezvous, lock held: give ``value`` to the first parked receiver still waiting."""
     receivers = ch._receivers
     while receivers:
@@ -902,7 +911,7 @@ def _hand_to_receiver(ch: Channel[Any], value: Any) -> bool:
     return False
 
 
-def _head_sender(ch: Channel[Any], own: WakeupHandle | None = None) -> str | None:
+def _head_sender(ch: PyChannel[Any], own: WakeupHandle | None = None) -> str | None:
     """Rendezvous, lock held: "thread" or "coroutine" for the first live parked
     sender other than ``own`` (dropping stale entries), None if there is none.
 
@@ -923,7 +932,7 @@ def _head_sender(ch: Channel[Any], own: WakeupHandle | None = None) -> str | Non
     return None
 
 
-def _take_from_sender(ch: Channel[Any]) -> Any:
+def _take_from_sender(ch: PyChannel[Any]) -> Any:
     """Rendezvous, lock held: take the message of the first parked sender if it
     is a thread other than the main one; ``_NOTHING`` otherwise (a coroutine or
     the main thread must hand it over itself, so that a cancelled or
@@ -946,7 +955,7 @@ def _take_from_sender(ch: Channel[Any]) -> Any:
     return _NOTHING
 
 
-def _ask_a_sender(ch: Channel[Any], own: WakeupHandle | None = None) -> None:
+def _ask_a_sender(ch: PyChannel[Any], own: WakeupHandle | None = None) -> None:
     """Rendezvous, lock held: wake the first parked sender (other than ``own``)
     with ``_WANT``."""
     senders = ch._senders
@@ -969,7 +978,7 @@ def _ask_a_sender(ch: Channel[Any], own: WakeupHandle | None = None) -> None:
 # Slow paths, shared by the flavours: one attempt under the lock, then park.
 
 
-def _try_recv_locked(ch: Channel[Any]) -> Any:
+def _try_recv_locked(ch: PyChannel[Any]) -> Any:
     """Lock held: a message, or ``_NOTHING``; raises ChannelClosed if drained."""
     buf = ch._buf
     if buf:
@@ -987,7 +996,7 @@ def _try_recv_locked(ch: Channel[Any]) -> Any:
     return _NOTHING
 
 
-def _try_send_locked(ch: Channel[Any], value: Any) -> bool:
+def _try_send_locked(ch: PyChannel[Any], value: Any) -> bool:
     """Lock held: send now if possible; raises ChannelClosed."""
     if ch._closed:
         raise ChannelClosed(ch, value)
@@ -1007,7 +1016,7 @@ def _yield() -> None:
     _sleep(0)
 
 
-def _recv_slow(ch: Channel[Any], timeout: float | None, nowait: bool = False) -> Any:
+def _recv_slow(ch: PyChannel[Any], timeout: float | None, nowait: bool = False) -> Any:
     deadline = None if timeout is None else _now() + timeout
     if ch._fed_by_loop and not nowait and (timeout is None or timeout > 0) and not ch._closed:
         # A port's inbox: yield the GIL once before paying for a park. The I/O
@@ -1060,7 +1069,7 @@ def _recv_slow(ch: Channel[Any], timeout: float | None, nowait: bool = False) ->
             return value
 
 
-def _undo_recv(ch: Channel[Any], handle: ThreadWakeup) -> None:
+def _undo_recv(ch: PyChannel[Any], handle: ThreadWakeup) -> None:
     """A parked ``recv`` was interrupted: withdraw it, or put back at the head
     the message a waker handed it (into the slot it still holds, if bounded)."""
     if handle.abort():
@@ -1069,7 +1078,7 @@ def _undo_recv(ch: Channel[Any], handle: ThreadWakeup) -> None:
         ch._sel_unrecv(handle.payload[1])
 
 
-async def _arecv_slow(ch: Channel[Any], timeout: float | None) -> Any:
+async def _arecv_slow(ch: PyChannel[Any], timeout: float | None) -> Any:
     deadline = None if timeout is None else _now() + timeout
     while True:
         with ch._lock:
@@ -1101,7 +1110,7 @@ async def _arecv_slow(ch: Channel[Any], timeout: float | None) -> Any:
             return value
 
 
-def _send_slow(ch: Channel[Any], value: Any, timeout: float | None, nowait: bool = False) -> None:
+def _send_slow(ch: PyChannel[Any], value: Any, timeout: float | None, nowait: bool = False) -> None:
     deadline = None if timeout is None else _now() + timeout
     while True:
         with ch._lock:
@@ -1132,7 +1141,7 @@ def _send_slow(ch: Channel[Any], value: Any, timeout: float | None, nowait: bool
             return
 
 
-def _undo_send(ch: Channel[Any], handle: ThreadWakeup) -> bool:
+def _undo_send(ch: PyChannel[Any], handle: ThreadWakeup) -> bool:
     """A parked ``send`` was interrupted: withdraw it, or give back the slot or
     the "come and hand it over" it was woken with. Returns True if the send
     happened after all (``_SENT``: only a thread other than the main one, which
@@ -1147,7 +1156,7 @@ def _undo_send(ch: Channel[Any], handle: ThreadWakeup) -> bool:
     return False
 
 
-async def _asend_slow(ch: Channel[Any], value: Any, timeout: float | None) -> None:
+async def _asend_slow(ch: PyChannel[Any], value: Any, timeout: float | None) -> None:
     deadline = None if timeout is None else _now() + timeout
     while True:
         with ch._lock:
@@ -1174,3 +1183,148 @@ async def _asend_slow(ch: Channel[Any], value: Any, timeout: float | None) -> No
             raise ChannelClosed(ch, value)
         if mark is not _RETRY and ch._sel_claimed_send(value, mark):
             return
+
+
+# ---------------------------------------------------------------------------------
+# The native core: ioserver._native.Channel, with what stays in Python here.
+
+
+class _NoLock:
+    """Stands in for the pure-Python channel's ``_lock`` on a native channel, which
+    has none (the GIL is its mutex): never held, so a forked child's driver finds
+    nothing to replace (drivers/base.py)."""
+
+    __slots__ = ()
+
+    def locked(self) -> bool:
+        return False
+
+
+async def _arecv_sel(ch: Any, timeout: float | None) -> Any:
+    """``arecv`` written over the select protocol (any channel that speaks it):
+    try, register, park, and handle what the waker left, until one succeeds."""
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        value = ch._sel_try_recv()
+        if value is not _NOTHING:
+            return value
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError("arecv timed out")
+        handle = AsyncWakeup()
+        if not ch._sel_register_recv(handle, 0):
+            continue  # ready after all: the registration re-checked
+        try:
+            woken = await handle.park(None if deadline is None else max(0.0, deadline - _now()))
+        except WokenThenCancelled:
+            value = handle.payload[1]
+            if value is not _RETRY:
+                ch._sel_unrecv(value)  # the cancelled receive takes nothing
+            raise asyncio.CancelledError from None
+        except asyncio.CancelledError:
+            ch._sel_unregister(handle)
+            raise
+        if not woken:
+            ch._sel_unregister(handle)
+            raise TimeoutError("arecv timed out")
+        value = handle.payload[1]
+        if value is not _RETRY:
+            ch._sel_release_slot()
+            return value
+
+
+async def _asend_sel(ch: Any, value: Any, timeout: float | None) -> None:
+    """``asend`` written over the select protocol (see :func:`_arecv_sel`)."""
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        if ch._sel_try_send(value):
+            return
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError("asend timed out")
+        handle = AsyncWakeup()
+        if not ch._sel_register_send(handle, 0, value):
+            continue
+        try:
+            woken = await handle.park(None if deadline is None else max(0.0, deadline - _now()))
+        except WokenThenCancelled:
+            ch._sel_abandon(handle.payload[1])  # nothing was sent; pass the wakeup on
+            raise asyncio.CancelledError from None
+        except asyncio.CancelledError:
+            ch._sel_unregister(handle)
+            raise
+        if not woken:
+            ch._sel_unregister(handle)
+            raise TimeoutError("asend timed out")
+        mark = handle.payload[1]
+        if mark is _CLOSED:
+            raise ChannelClosed(ch, value)
+        if mark is _SENT:
+            return
+        if mark is not _RETRY and ch._sel_claimed_send(value, mark):
+            return
+
+
+if native is not None:
+    from . import _native
+
+    class NativeChannel(_native.Channel, Generic[T]):
+        """The native channel (ioserver._native): the same contract as
+        :class:`PyChannel`, every synchronous operation in C under the GIL.
+
+        ``NativeChannel(capacity)`` is one class for the three flavours; the
+        async operations are written here, over the select protocol."""
+
+        __slots__ = ()
+
+        _lock = _NoLock()
+
+        def __iter__(self) -> Iterator[T]:
+            """Receive until the channel is closed and drained."""
+            recv = self.recv
+            try:
+                while True:
+                    yield recv()
+            except ChannelClosed:
+                return
+
+        async def __aiter__(self) -> AsyncIterator[T]:
+            """Receive (async) until the channel is closed and drained."""
+            try:
+                while True:
+                    yield await self.arecv()
+            except ChannelClosed:
+                return
+
+        async def arecv(self, timeout: float | None = None) -> T:
+            """``recv`` for coroutines. Cancelled, it took no message."""
+            value = self._sel_try_recv()
+            if value is not _NOTHING:
+                return value  # type: ignore[no-any-return]
+            return await _arecv_sel(self, timeout)  # type: ignore[no-any-return]
+
+        async def asend(self, value: T, timeout: float | None = None) -> None:
+            """``send`` for coroutines. Cancelled, it did not happen."""
+            if not self._sel_try_send(value):
+                await _asend_sel(self, value, timeout)
+
+    _native._setup(
+        ChannelClosed,
+        Empty,
+        Full,
+        ChannelStatistics,
+        NativeChannel,
+        _RETRY,
+        _SLOT,
+        _WANT,
+        _SENT,
+        _CLOSED,
+        _NOTHING,
+    )
+
+# The channel in use. ``isinstance(x, Channel)`` holds for every channel the
+# house makes (they are all made through this name).
+if TYPE_CHECKING:
+    Channel = PyChannel
+elif native is not None:
+    Channel = NativeChannel
+else:
+    Channel = PyChannel

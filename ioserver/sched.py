@@ -75,12 +75,16 @@ import threading
 import time
 from _thread import allocate_lock, start_new_thread
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._core import native
 
 __all__ = [
     "AsyncTask",
     "AsyncWakeup",
     "MainThreadWakeup",
+    "PyThreadWakeup",
+    "PyWakeupHandle",
     "Task",
     "ThreadTask",
     "ThreadWakeup",
@@ -100,6 +104,12 @@ _main_ident = threading.main_thread().ident
 def _forked() -> None:
     global _main_ident
     _main_ident = _get_ident()
+    if native is not None:
+        native._after_fork_child()  # parked entries of the parent's threads are dead
+
+
+if native is not None:
+    native._set_main_thread(_main_ident)
 
 
 if hasattr(os, "register_at_fork"):
@@ -112,7 +122,7 @@ R = TypeVar("R")
 _ABORT_PATIENCE = 1.0
 
 
-class WakeupHandle:
+class PyWakeupHandle:
     """Wakes the one blocking invocation it was made for, at most once.
 
     ``payload`` is free for the waker that wins the claim: it is written before
@@ -151,7 +161,7 @@ class WakeupHandle:
         return False
 
 
-class ThreadWakeup(WakeupHandle):
+class PyThreadWakeup(PyWakeupHandle):
     """A handle for a blocked native thread (made by the thread that will park on it).
 
     Each handle has its own park lock, created held. (Sharing one per thread
@@ -220,6 +230,19 @@ class ThreadWakeup(WakeupHandle):
                 elif now > deadline:
                     return True
         return False
+
+
+# The handles in use: the native ones (ioserver._native: the claim a flag
+# under the GIL, one park lock per thread) or the pure-Python ones above.
+if TYPE_CHECKING:
+    WakeupHandle = PyWakeupHandle
+    ThreadWakeup = PyThreadWakeup
+elif native is not None:
+    WakeupHandle = native.WakeupHandle
+    ThreadWakeup = native.ThreadWakeup
+else:
+    WakeupHandle = PyWakeupHandle
+    ThreadWakeup = PyThreadWakeup
 
 
 class MainThreadWakeup(ThreadWakeup):
@@ -323,7 +346,7 @@ class AsyncWakeup(WakeupHandle):
         timer = None
         if timeout is not None:
             if timeout <= 0:
-                if self._claim.acquire(False):
+                if self.claim():
                     return False
                 # A waker won the claim: wait for its unpark, so that its
                 # payload is stored before we return (as ThreadWakeup.park).
@@ -332,7 +355,7 @@ class AsyncWakeup(WakeupHandle):
         try:
             await self._fut
         except asyncio.CancelledError:
-            if self._claim.acquire(False) or self.payload is _TIMED_OUT:
+            if self.claim() or self.payload is _TIMED_OUT:
                 raise  # nobody woke us (a timeout that lost to the cancel is no wakeup)
             self._wait_unparked()
             raise WokenThenCancelled from None
@@ -355,7 +378,7 @@ class AsyncWakeup(WakeupHandle):
 
 def _expire(handle: AsyncWakeup) -> None:
     """The timeout of an :class:`AsyncWakeup`: claims it and resolves it as timed out."""
-    if handle._claim.acquire(False):
+    if handle.claim():
         handle.payload = _TIMED_OUT
         _resolve(handle._fut)
 

@@ -11,11 +11,98 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "pythread.h"
 
 /* Each part's init: add its types and functions to the module; 0 or -1. */
 int ioserver_init_sched(PyObject *module);
 int ioserver_init_channel(PyObject *module);
 int ioserver_init_select(PyObject *module);
 int ioserver_init_queue(PyObject *module);
+
+/* ---- sched.c: wakeup handles ------------------------------------------------
+ *
+ * A WakeupHandle is claimed at most once (a test-and-set of `claimed` under the
+ * GIL). A waker that wins the claim stores the outcome, then unparks. A channel
+ * stores it as (index, value) without allocating: `has_index` says that the
+ * Python-visible `payload` is the pair (index, value); otherwise `payload` is
+ * `value` itself.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *value;      /* owned; never NULL (None when nothing was stored) */
+    Py_ssize_t index;     /* meaningful when has_index */
+    char claimed;         /* set once, by the claim's winner */
+    char has_index;       /* payload is (index, value) */
+} ioserver_Handle;
+
+/* The park lock of one thread, shared by the ThreadWakeups that thread makes.
+ * Held whenever its thread is not parked; a waker releases it once. Owned by
+ * refcount (`refs`, touched only under the GIL): one for the thread (dropped
+ * when the thread's state is cleared) and one per handle. */
+typedef struct {
+    PyThread_type_lock lock;
+    Py_ssize_t refs;
+} ioserver_ParkLock;
+
+typedef struct {
+    ioserver_Handle base;
+    ioserver_ParkLock *park;  /* owned (one ref) */
+    char unparked;            /* the waker's release happened */
+    char consumed;            /* the sleeper consumed that release */
+    char self_claimed;        /* an interrupted park took its own claim */
+    char selfstore;           /* a main-thread sender: never store its message for it */
+} ioserver_ThreadWakeup;
+
+/* The types (heap types, owned by the module; set by ioserver_init_sched). */
+extern PyTypeObject *ioserver_HandleType;
+extern PyTypeObject *ioserver_ThreadWakeupType;
+
+/* Claim under the GIL: 1 if this call won. No Python code runs. */
+static inline int
+ioserver_claim(PyObject *h)
+{
+    ioserver_Handle *hd = (ioserver_Handle *)h;
+    if (hd->claimed) {
+        return 0;
+    }
+    hd->claimed = 1;
+    return 1;
+}
+
+/* Store (index, value) as the payload of a handle whose claim the caller won.
+ * Steals the reference to `value`. The old value is None (a handle is claimed
+ * once, and nothing stores before the claim), so no arbitrary decref runs. */
+static inline void
+ioserver_set_payload(PyObject *h, Py_ssize_t index, PyObject *value)
+{
+    ioserver_Handle *hd = (ioserver_Handle *)h;
+    PyObject *old = hd->value;
+    hd->value = value;
+    hd->index = index;
+    hd->has_index = 1;
+    Py_DECREF(old);
+}
+
+/* 1 if `h` is a ThreadWakeup whose unpark can run inside a step (the exact
+ * native type, its park/unpark not replaced at run time). No Python code runs. */
+int ioserver_native_unpark_ok(PyObject *h);
+/* Release the park lock of a native ThreadWakeup (inside a step; no Python code). */
+void ioserver_tw_unpark(PyObject *h);
+/* Whether the calling thread is the one where signal handlers run. */
+int ioserver_is_main_thread(void);
+/* A new ThreadWakeup for the calling thread, or NULL with an exception. */
+PyObject *ioserver_tw_new(int selfstore);
+/* How a native park ended. */
+enum { IOSERVER_PARK_WOKEN = 0, IOSERVER_PARK_TIMEOUT = 1, IOSERVER_PARK_INTR = 2 };
+/* Wait on a native ThreadWakeup up to `us` microseconds (-1: no limit), the
+ * GIL released around the acquire only. WOKEN: a waker's release was consumed.
+ * TIMEOUT: the time passed and our own claim was taken. INTR: a signal
+ * interrupted the wait; nothing was consumed and nothing was claimed. */
+int ioserver_tw_wait(PyObject *h, long long us);
+/* After losing the claim to a waker: wait for its release and consume it. */
+void ioserver_tw_consume(PyObject *h);
+/* The fork generation: bumped in a forked child, where parked entries of the
+ * parent's other threads are dead. */
+extern unsigned long ioserver_fork_gen;
 
 #endif

@@ -1033,10 +1033,13 @@ def test_send_between_a_receivers_check_and_its_registration_is_not_lost(
     looks at the buffer (empty) under the lock, then a fast-path send appends
     without the lock and sees no parked receiver, then the receiver registers and
     parks. The receiver must re-check after registering, or the message sits in
-    the buffer beside a sleeping receiver. This replays that interleaving exactly."""
+    the buffer beside a sleeping receiver. This replays that interleaving exactly
+    (in the pure-Python core, whose premises it tests: the native one makes the
+    check and the registration one step under the GIL)."""
+    from ioserver.channel import PyChannel
     from ioserver.sched import ThreadWakeup
 
-    ch: Channel[str] = Channel(capacity)
+    ch: PyChannel[str] = PyChannel(capacity)
     with ch._lock:  # the receiver's slow path holds the lock while it checks and registers
         assert not ch._buf  # 1. the receiver's check: nothing there
         ch.send("x")  # 2. a fast-path send (takes no lock): nobody parked yet

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # DESIGN.md "The house", top to bottom; client/ stands below everything.
 ORDER = [
+    "ioserver._core",  # which core runs (the native one is ioserver._native)
+    "ioserver._native",
     "ioserver.sched",
     "ioserver.channel",
     "ioserver.select",
