@@ -77,7 +77,7 @@ from __future__ import annotations
 import asyncio
 import queue
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from threading import Lock
 from time import monotonic as _now
@@ -1294,17 +1294,12 @@ if native is not None:
             except ChannelClosed:
                 return
 
-        async def arecv(self, timeout: float | None = None) -> T:
-            """``recv`` for coroutines. Cancelled, it took no message."""
-            value = self._sel_try_recv()
-            if value is not _NOTHING:
-                return value  # type: ignore[no-any-return]
-            return await _arecv_sel(self, timeout)  # type: ignore[no-any-return]
+        # arecv/asend are the base's: awaitables that act when first awaited, in
+        # C when the operation completes at once, else through _arecv_sel/_asend_sel.
+        if TYPE_CHECKING:
 
-        async def asend(self, value: T, timeout: float | None = None) -> None:
-            """``send`` for coroutines. Cancelled, it did not happen."""
-            if not self._sel_try_send(value):
-                await _asend_sel(self, value, timeout)
+            async def arecv(self, timeout: float | None = None) -> T: ...
+            async def asend(self, value: T, timeout: float | None = None) -> None: ...
 
     _native._setup(
         ChannelClosed,
@@ -1318,7 +1313,11 @@ if native is not None:
         _SENT,
         _CLOSED,
         _NOTHING,
+        _arecv_sel,
+        _asend_sel,
     )
+    # asyncio.create_task() takes coroutines only: the native arecv/asend act as one.
+    Coroutine.register(_native._Op)
 
 # The channel in use. ``isinstance(x, Channel)`` holds for every channel the
 # house makes (they are all made through this name).

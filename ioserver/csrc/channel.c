@@ -86,6 +86,8 @@ typedef struct {
 /* Set by _setup() from channel.py (owned for the process's life). */
 static PyObject *ChannelClosed, *EmptyExc, *FullExc, *StatisticsCls, *ExactCls;
 static PyObject *RETRY, *SLOT, *WANT, *SENT, *CLOSED, *NOTHING;
+static PyObject *ArecvSlow, *AsendSlow;  /* channel.py's coroutine functions */
+static PyTypeObject *OpType;
 static PyTypeObject *ChannelType;
 static PyObject *str_unpark, *str_try_send, *str_park;
 
@@ -1206,6 +1208,250 @@ parse_timeout(const char *name, PyObject *const *args, Py_ssize_t nargs, PyObjec
     return 0;
 }
 
+/* ---- Op: what arecv/asend return --------------------------------------------------- *
+ *
+ * An awaitable that does nothing until it is first sent to (awaited, or run
+ * by a task), as the coroutine of an async def: an arecv/asend created and
+ * never awaited, or cancelled before it started, did not happen. Its first
+ * send tries the operation in one step; done, it returns the result at once
+ * (am_send: no coroutine frame, no trip through the loop). Otherwise it
+ * starts channel.py's slow path (a coroutine over the select protocol) and
+ * forwards every later send/throw/close to it, as `yield from` would.
+ * channel.py registers the type as a collections.abc.Coroutine, so
+ * asyncio.create_task() takes it.
+ */
+typedef struct {
+    PyObject_HEAD
+    PyObject *ch;       /* owned: the channel */
+    PyObject *value;    /* owned: asend's message, or NULL for arecv */
+    PyObject *timeout;  /* owned */
+    PyObject *inner;    /* owned: the slow path's coroutine, once started */
+    char is_send;
+    char started;
+} Op;
+
+static PyObject *
+op_new(Channel *ch, PyObject *value, PyObject *timeout)
+{
+    Op *op = PyObject_GC_New(Op, OpType);
+    if (op == NULL) {
+        return NULL;
+    }
+    Py_INCREF(OpType);  /* a heap type's instances own it */
+    op->ch = Py_NewRef((PyObject *)ch);
+    op->value = Py_XNewRef(value);
+    op->timeout = Py_NewRef(timeout);
+    op->inner = NULL;
+    op->is_send = value != NULL;
+    op->started = 0;
+    PyObject_GC_Track(op);
+    return (PyObject *)op;
+}
+
+static int
+op_traverse(Op *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(op->ch);
+    Py_VISIT(op->value);
+    Py_VISIT(op->timeout);
+    Py_VISIT(op->inner);
+    return 0;
+}
+
+static int
+op_clear(Op *op)
+{
+    Py_CLEAR(op->ch);
+    Py_CLEAR(op->value);
+    Py_CLEAR(op->timeout);
+    Py_CLEAR(op->inner);
+    return 0;
+}
+
+static void
+op_dealloc(Op *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    op_clear(op);
+    PyObject_GC_Del(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+op_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static int is_exact(Channel *ch);
+
+static PySendResult
+op_am_send(Op *op, PyObject *arg, PyObject **result)
+{
+    if (op->inner != NULL) {
+        return PyIter_Send(op->inner, arg, result);
+    }
+    if (op->started || op->ch == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited channel operation");
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    op->started = 1;
+    Channel *ch = (Channel *)op->ch;
+    Post p;
+    post_init(&p);
+    if (!op->is_send) {
+        PyObject *v;
+        step_begin(ch, &p);
+        int r = try_recv_step(ch, &p, &v);
+        post_run(&p);
+        if (r == 1) {
+            *result = v;
+            return PYGEN_RETURN;
+        }
+        op->inner = PyObject_CallFunctionObjArgs(ArecvSlow, op->ch, op->timeout, NULL);
+    }
+    else {
+        if (is_exact(ch)) {
+            step_begin(ch, &p);
+            int r = try_send_step(ch, op->value, &p);
+            post_run(&p);
+            if (r == 1) {
+                *result = Py_NewRef(Py_None);
+                return PYGEN_RETURN;
+            }
+            if (r == -2) {
+                PyErr_Clear();  /* the slow path tries again, and raises if it must */
+            }
+        }
+        op->inner = PyObject_CallFunctionObjArgs(AsendSlow, op->ch, op->value, op->timeout, NULL);
+    }
+    if (op->inner == NULL) {
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    return PyIter_Send(op->inner, Py_None, result);
+}
+
+static PyObject *
+op_send(Op *op, PyObject *arg)
+{
+    PyObject *result;
+    PySendResult r = op_am_send(op, arg, &result);
+    if (r == PYGEN_NEXT) {
+        return result;
+    }
+    if (r == PYGEN_RETURN) {
+        /* Finished: the value travels in StopIteration. */
+        PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, result);
+        Py_DECREF(result);
+        if (exc != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, exc);
+            Py_DECREF(exc);
+        }
+    }
+    return NULL;
+}
+
+static PyObject *
+op_iternext(Op *op)
+{
+    return op_send(op, Py_None);
+}
+
+static PyObject *
+op_throw(Op *op, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs < 1 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "throw(type[, value[, traceback]])");
+        return NULL;
+    }
+    if (op->inner != NULL) {
+        PyObject *meth = PyObject_GetAttrString(op->inner, "throw");
+        if (meth == NULL) {
+            return NULL;
+        }
+        PyObject *r = PyObject_Vectorcall(meth, args, nargs, NULL);
+        Py_DECREF(meth);
+        return r;
+    }
+    op->started = 1;  /* thrown into before it started: the operation never happens */
+    PyObject *typ = args[0], *val = nargs > 1 ? args[1] : NULL;
+    if (PyExceptionInstance_Check(typ)) {
+        PyErr_SetObject((PyObject *)Py_TYPE(typ), typ);
+    }
+    else if (val != NULL && val != Py_None) {
+        PyErr_SetObject(typ, val);
+    }
+    else {
+        PyErr_SetNone(typ);
+    }
+    return NULL;
+}
+
+static PyObject *
+op_close(Op *op, PyObject *unused)
+{
+    op->started = 1;
+    if (op->inner != NULL) {
+        return PyObject_CallMethod(op->inner, "close", NULL);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef op_methods[] = {
+    {"send", (PyCFunction)op_send, METH_O, NULL},
+    {"throw", (PyCFunction)(void (*)(void))op_throw, METH_FASTCALL, NULL},
+    {"close", (PyCFunction)op_close, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyType_Slot op_slots[] = {
+    {Py_tp_doc, "A channel's arecv/asend: an awaitable that acts when first awaited."},
+    {Py_tp_dealloc, op_dealloc},
+    {Py_tp_traverse, op_traverse},
+    {Py_tp_clear, op_clear},
+    {Py_am_await, op_await},
+    {Py_am_send, op_am_send},
+    {Py_tp_iter, op_await},
+    {Py_tp_iternext, op_iternext},
+    {Py_tp_methods, op_methods},
+    {0, NULL},
+};
+
+static PyType_Spec op_spec = {
+    .name = "ioserver._native._Op",
+    .basicsize = sizeof(Op),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_HAVE_GC,
+    .slots = op_slots,
+};
+
+static PyObject *
+channel_arecv(Channel *ch, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *timeout = Py_None;
+    if ((nargs || kwnames) && parse_timeout("arecv", args, nargs, kwnames, 0, NULL, &timeout) < 0) {
+        return NULL;
+    }
+    return op_new(ch, NULL, timeout);
+}
+
+static PyObject *
+channel_asend(Channel *ch, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *value = NULL, *timeout;
+    if (parse_timeout("asend", args, nargs, kwnames, 1, &value, &timeout) < 0) {
+        return NULL;
+    }
+    if (value == NULL) {
+        PyErr_SetString(PyExc_TypeError, "asend() missing argument 'value'");
+        return NULL;
+    }
+    return op_new(ch, value, timeout);
+}
+
 static PyObject *
 channel_send(Channel *ch, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -1778,6 +2024,11 @@ static PyMethodDef channel_methods[] = {
      "recv(timeout=None): receive the next message, blocking while there is none."},
     {"try_recv", (PyCFunction)channel_try_recv, METH_NOARGS,
      "Receive without blocking; raises Empty or ChannelClosed."},
+    {"arecv", (PyCFunction)(void (*)(void))channel_arecv, METH_FASTCALL | METH_KEYWORDS,
+     "arecv(timeout=None): recv for coroutines (an awaitable). Cancelled, it took no message."},
+    {"asend", (PyCFunction)(void (*)(void))channel_asend, METH_FASTCALL | METH_KEYWORDS,
+     "asend(value, timeout=None): send for coroutines (an awaitable). Cancelled, it did not "
+     "happen."},
     {"close", (PyCFunction)channel_close, METH_NOARGS,
      "Close the channel. Idempotent; never blocks."},
     {"statistics", (PyCFunction)channel_statistics, METH_NOARGS,
@@ -1836,18 +2087,20 @@ static PyType_Spec channel_spec = {
 };
 
 /* _setup(ChannelClosed, Empty, Full, ChannelStatistics, exact_class,
- *        RETRY, SLOT, WANT, SENT, CLOSED, NOTHING): called once by channel.py. */
+ *        RETRY, SLOT, WANT, SENT, CLOSED, NOTHING, arecv_slow, asend_slow):
+ * called once by channel.py. */
 static PyObject *
 channel_setup(PyObject *module, PyObject *args)
 {
-    PyObject *o[11];
-    if (!PyArg_UnpackTuple(args, "_setup", 11, 11, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
-                           &o[6], &o[7], &o[8], &o[9], &o[10])) {
+    PyObject *o[13];
+    if (!PyArg_UnpackTuple(args, "_setup", 13, 13, &o[0], &o[1], &o[2], &o[3], &o[4], &o[5],
+                           &o[6], &o[7], &o[8], &o[9], &o[10], &o[11], &o[12])) {
         return NULL;
     }
-    PyObject **slots[11] = {&ChannelClosed, &EmptyExc, &FullExc, &StatisticsCls, &ExactCls,
-                            &RETRY, &SLOT, &WANT, &SENT, &CLOSED, &NOTHING};
-    for (int i = 0; i < 11; i++) {
+    PyObject **slots[13] = {&ChannelClosed, &EmptyExc, &FullExc,  &StatisticsCls, &ExactCls,
+                            &RETRY,         &SLOT,     &WANT,     &SENT,          &CLOSED,
+                            &NOTHING,       &ArecvSlow, &AsendSlow};
+    for (int i = 0; i < 13; i++) {
         Py_XSETREF(*slots[i], Py_NewRef(o[i]));  /* owned for the process's life */
     }
     Py_RETURN_NONE;
@@ -1872,7 +2125,12 @@ ioserver_init_channel(PyObject *module)
     if (ChannelType == NULL) {
         return -1;
     }
-    if (PyModule_AddObjectRef(module, "Channel", (PyObject *)ChannelType) < 0
+    OpType = (PyTypeObject *)PyType_FromModuleAndSpec(module, &op_spec, NULL);
+    if (OpType == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(module, "_Op", (PyObject *)OpType) < 0
+        || PyModule_AddObjectRef(module, "Channel", (PyObject *)ChannelType) < 0
         || PyModule_AddFunctions(module, channel_functions) < 0) {
         return -1;
     }
