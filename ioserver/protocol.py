@@ -348,6 +348,10 @@ class State(enum.Enum):
 _MSGPACK_ERRORS: Final = (ValueError, TypeError, msgpack.UnpackException)
 
 
+#: The first buffer of a connection's unpacker and packer (each grows as needed).
+READ_SIZE = 64 * 1024
+
+
 class Connection:
     """One end of a msgpack-rpc stream: bytes in, events out; events in, bytes out.
 
@@ -402,10 +406,16 @@ class Connection:
             unicode_errors="surrogateescape",
             strict_map_key=False,
             max_buffer_size=max_message_bytes,
+            # msgpack's first buffer is min(max_buffer_size, 1 MiB), allocated for
+            # every connection; start at READ_SIZE and let big messages grow it.
+            read_size=min(max_message_bytes, READ_SIZE),
             **({} if budget is None else budget.unpacker_options(max_message_bytes)),
         )
         self._packer = msgpack.Packer(
-            use_bin_type=True, unicode_errors="surrogateescape", autoreset=True
+            use_bin_type=True,
+            unicode_errors="surrogateescape",
+            autoreset=True,
+            buf_size=READ_SIZE,  # not 256 KiB per connection; grows on demand
         )
         # Chunks received and not yet fed to the unpacker, and their total size.
         self._pending: deque[bytes | memoryview] = deque()

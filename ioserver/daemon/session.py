@@ -99,11 +99,13 @@ class SessionSink(Channel[Any]):
 
     def __init__(self, session: Session) -> None:
         super().__init__(None)
-        self.session = session
+        # None once the session closed: the sink and its session must not keep each
+        # other alive (a cycle waits for a full collection, with all its buffers).
+        self.session: Session | None = session
 
     def try_send(self, value: Any) -> None:
         session = self.session
-        if session.closed:
+        if session is None or session.closed:
             raise ChannelClosed(self, value)
         if session.paused_writing:
             raise Full(value)
@@ -127,15 +129,16 @@ class SessionSink(Channel[Any]):
 
     def _notify_when_room(self, callback: Callable[[], object]) -> bool:
         session = self.session
-        if session.closed or not (session.paused_writing or session.held_full):
+        if session is None or session.closed or not (session.paused_writing or session.held_full):
             return False
         session.room_callbacks.append(callback)  # resume_writing or _announce calls it
         return True
 
     def _put_overflow(self, value: Any) -> None:
-        if self.session.closed:
+        session = self.session
+        if session is None or session.closed:
             raise ChannelClosed(self, value)
-        self.session.emit(value)
+        session.emit(value)
 
     def _take_matching(self, predicate: Callable[[Any], bool]) -> list[Any]:
         return []
@@ -268,6 +271,7 @@ class Session(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close_all()
+        self.transport = None  # the transport and its protocol must not keep each other
 
     def pause_writing(self) -> None:
         self.paused_writing = True
@@ -445,6 +449,7 @@ class Session(asyncio.Protocol):
         self.batched.clear()
         self.timers.clear()
         self.room_callbacks.clear()
+        self.sink.session = None  # every port is stopped: nothing delivers any more
         self.daemon.remove_session(self)
 
     def _fatal(self, exc: protocol.ProtocolError) -> None:

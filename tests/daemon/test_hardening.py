@@ -98,6 +98,32 @@ def ping_ok(d: DaemonProcess) -> bool:
         return bool(c.call("ping") == "pong")
 
 
+# -- 2. what a closed session leaves behind ------------------------------------------------
+
+
+def test_a_closed_session_is_freed_at_once_not_left_to_the_cycle_collector(
+    daemon: DaemonProcess,
+) -> None:
+    """Sessions that each decoded a 1 MiB message, then closed, one after another: each
+    is freed when it closes (no reference cycle waits for a full collection with its
+    buffers), so the daemon's memory does not grow with the number of dead sessions."""
+    assert ping_ok(daemon)
+    big = msgpack.packb([0, 1, "ping", [b"x" * MIB]])
+    for _ in range(5):  # warm up: the allocator's first high-water mark
+        with RawClient(daemon.socket_path) as c:
+            c.send_raw(big)
+            c.response(1)
+    before = rss(daemon)
+    for _ in range(120):
+        with RawClient(daemon.socket_path) as c:
+            c.send_raw(big)
+            c.response(1)  # error 3 (ping takes no params): the message was decoded
+    wait_for(lambda: daemon.stats()["sessions"] <= 1, what="every session closed")  # stats: 1
+    grown = rss(daemon) - before
+    assert grown < 16 * MIB, f"120 closed sessions grew the daemon by {grown / MIB:.0f} MiB"
+    assert ping_ok(daemon)
+
+
 # -- 1. bytes of connections accepted before the listen reply -----------------------------
 
 
