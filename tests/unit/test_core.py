@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import pytest
 
@@ -55,3 +58,67 @@ def test_native_says_which_core_this_process_runs() -> None:
 def test_stats_names_the_core() -> None:
     with IOServer() as io:
         assert io.stats()["core"] == ("native" if ioserver.NATIVE else "python")
+
+
+@pytest.mark.timeout(300)
+def test_the_project_installs_and_runs_without_a_compiler(tmp_path: Path) -> None:
+    """With no working C compiler the install goes on (the extension is optional)
+    and the pure-Python core runs: ``NATIVE`` is False and channels and an
+    IOServer work."""
+    src = tmp_path / "src"
+    for name in ("ioserver", "client"):
+        shutil.copytree(
+            os.path.join(ROOT, name),
+            src / name,
+            ignore=shutil.ignore_patterns("*.so", "__pycache__"),
+        )
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    site = tmp_path / "site"
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("IOSERVER_PURE", "IOSERVER_STRICT_BUILD")
+    }
+    env["CC"] = "/bin/false"  # every compile fails, as on a machine without gcc
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not list(site.glob("ioserver/_native*.so"))
+    check = (
+        "import ioserver\n"
+        "from ioserver import Channel, IOServer\n"
+        "ch = Channel(1); ch.send(42); assert ch.recv() == 42\n"
+        "with IOServer() as io: assert io.call(lambda: 7) == 7\n"
+        "print(ioserver.NATIVE, ioserver.__file__)\n"
+    )
+    # -S: no site module, so no .pth (the dev venv's editable install would map
+    # ioserver._native to the checkout's build); the dependencies come after `site`.
+    env["PYTHONPATH"] = os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]])
+    ran = subprocess.run(
+        [sys.executable, "-S", "-c", check],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    native, where = ran.stdout.split()
+    assert native == "False"
+    assert where.startswith(str(site))
