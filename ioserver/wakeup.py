@@ -46,6 +46,17 @@ raises ServerStopped; gone means the final drain handled it. So each submit
 falls completely before the shutdown (its request is run or rejected with a
 callback) or completely after it (submit raises).
 
+The native core
+---------------
+With the compiled core (``ioserver._native``, see ``_core``), ``Wakeup`` is
+:class:`NativeWakeup`: the same contract, with the queue, the token, the pipe,
+the drain and the counters in C (ioserver/csrc/queue.c, whose header comment
+gives its argument). There the GIL is the only mutex: "append, then take the
+token if free", the drain's "release the token, then look once more", and
+close's "mark done, take everything queued" are each one step that runs no
+Python code, so no late producer has anything to withdraw. :class:`PyWakeup`
+is this module's pure-Python queue, importable in both modes.
+
 Fork (lesson 11): the pipe is close-on-exec, and in a forked child every
 copy of a queue is marked done (``os.register_at_fork``), its queued requests
 (the parent's) dropped and the child's copies of the pipe fds closed: the loop
@@ -65,11 +76,17 @@ from _thread import allocate_lock
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._core import native
 from .sched import WakeupHandle
 
-__all__ = ["Request", "ServerStopped", "Wakeup"]
+if TYPE_CHECKING:
+    from ._native import RequestQueue as _RequestQueue
+elif native is not None:
+    _RequestQueue = native.RequestQueue
+
+__all__ = ["PyWakeup", "Request", "ServerStopped", "Wakeup"]
 
 log = logging.getLogger("ioserver")
 
@@ -105,8 +122,8 @@ Request = tuple[
 _INF = float("inf")
 
 
-class Wakeup:
-    """The request queue of one loop, and the pipe that wakes it."""
+class PyWakeup:
+    """The request queue of one loop, and the pipe that wakes it (pure Python)."""
 
     def __init__(
         self, *, max_batch: int = DEFAULT_MAX_BATCH, quantum: float = DEFAULT_QUANTUM
@@ -181,6 +198,10 @@ class Wakeup:
                 self._loop.call_soon(self._drain)  # type: ignore[union-attr]
             else:
                 self._write_pipe()
+
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
+        """``submit(fn, *args)`` without options: what ``IOServer.call_soon`` is bound to."""
+        self.submit(fn, *args)
 
     def _write_pipe(self) -> None:
         self.pipe_writes += 1
@@ -344,10 +365,7 @@ class Wakeup:
         parent. Refuse every submit, drop the parent's requests, close the child's
         copies of the pipe (the parent's stay open)."""
         self._done = True
-        self._why = (
-            "the I/O server was inherited through fork: its I/O thread runs in the "
-            "parent process only; make a new IOServer in the child"
-        )
+        self._why = _FORKED_WHY
         # Another thread of the parent may have held these at the fork; it does
         # not exist here, so they would never be released.
         self._lock = threading.Lock()
@@ -362,7 +380,109 @@ class Wakeup:
         self._rfd = self._wfd = -1
 
 
-_LIVE: weakref.WeakSet[Wakeup] = weakref.WeakSet()
+_FORKED_WHY = (
+    "the I/O server was inherited through fork: its I/O thread runs in the "
+    "parent process only; make a new IOServer in the child"
+)
+
+
+def _reject_all(requests: list[Request], exc: BaseException) -> None:
+    """Tell each request's ``reject`` that it will never run (``close``, after the step).
+
+    A WakeupHandle (a blocked caller) is woken with ``(False, exc)``; a callable
+    is called with ``exc`` and its Exception logged. A BaseException from one
+    (KeyboardInterrupt...) is raised once every other request was rejected, so
+    no waiter is left parked for ever."""
+    error: BaseException | None = None
+    for _, _, reject in requests:
+        if reject is None:
+            continue
+        try:
+            if isinstance(reject, WakeupHandle):  # a blocked caller: wake it
+                if reject.claim():
+                    reject.payload = (False, exc)
+                    reject.unpark()
+            else:
+                reject(exc)
+        except Exception:
+            log.exception("ioserver: reject callback %r failed", reject)
+        except BaseException as base:
+            if error is None:
+                error = base
+    if error is not None:
+        raise error
+
+
+if native is not None or TYPE_CHECKING:
+
+    class NativeWakeup(_RequestQueue):
+        """The request queue of one loop, and the pipe that wakes it (the native core).
+
+        ``submit``, the drain, ``wake_at``, ``pending`` and the counters are the
+        compiled ``_native.RequestQueue`` (same contract as :class:`PyWakeup`);
+        this subclass adds the parts that are neither hot nor racy.
+        """
+
+        __slots__ = ()
+
+        #: What a refused submit raises (looked up by the C core).
+        _Stopped = ServerStopped
+
+        def __init__(
+            self, *, max_batch: int = DEFAULT_MAX_BATCH, quantum: float = DEFAULT_QUANTUM
+        ) -> None:
+            # The C core's __new__ took the arguments and made the pipe.
+            _LIVE.add(self)
+
+        def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+            """Loop thread: start listening to the pipe."""
+            self._attach(loop)
+            loop.add_reader(self._rfd, self._on_pipe)
+
+        def close(self, reason: BaseException | None = None) -> None:
+            """Loop thread (or after the loop died): refuse new requests, reject queued ones."""
+            exc = reason if reason is not None else ServerStopped("the I/O server has stopped")
+            try:
+                # One step in C: done, and every queued request is ours.
+                _reject_all(self._take_all(), exc)
+            finally:
+                loop = self._loop
+                if loop is not None and self._rfd >= 0 and not loop.is_closed():
+                    try:
+                        loop.remove_reader(self._rfd)
+                    except Exception:  # the loop may be half torn down after a crash
+                        pass
+                self._close_fds()
+
+        def _request_failed(self, fn: Callable[..., object], exc: BaseException) -> None:
+            """Loop thread: a request raised ``exc`` (called by the C drain)."""
+            log.error("ioserver: request %r failed", fn, exc_info=exc)
+
+        def _spinning(self) -> None:
+            """Loop thread: SPIN_THRESHOLD empty wakeups in a row (lesson 9)."""
+            log.warning(
+                "ioserver: the loop woke %d times in a row with nothing to do "
+                "(something writes the wakeup pipe without submitting?)",
+                SPIN_THRESHOLD,
+            )
+
+        def _forked(self) -> None:
+            """In a forked child: refuse every submit, drop the parent's requests
+            (unrejected: their waiters are in the parent), close the child's
+            copies of the pipe (the parent's stay open)."""
+            self._take_all(_FORKED_WHY)
+            self._close_fds()
+
+
+#: The queue the server uses: the native one when the compiled core runs.
+if TYPE_CHECKING:
+    Wakeup = PyWakeup
+elif native is not None:
+    Wakeup = NativeWakeup
+else:
+    Wakeup = PyWakeup
+
+_LIVE: weakref.WeakSet[PyWakeup | NativeWakeup] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
