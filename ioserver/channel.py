@@ -70,6 +70,14 @@ undo (``_undo_recv``/``_undo_send``) runs through
 it was handed back at the head (into the slot it still holds), or gives back
 the slot or the "come and hand it over" it was woken with, and then the
 exception propagates. See docs/architecture.md ("Guarantees").
+
+Native core. ``Channel`` is :class:`NativeChannel` when ``ioserver._native`` is
+in use: the same contract in C, the GIL its only mutex (no ``_lock``, no
+premises: each check-and-act is one uninterrupted step). The classes of this
+module stay importable as :class:`PyChannel` (and its flavours) in both modes.
+Its ``arecv``/``asend`` finish at once in C when they can, else run
+:func:`_arecv_sel`/:func:`_asend_sel`, written over the select protocol. See
+docs/architecture.md ("Native core").
 """
 
 from __future__ import annotations

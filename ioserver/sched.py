@@ -64,6 +64,18 @@ the wait: the wide window. Three rules keep such a block undoable:
 
 What this guarantees, and the windows a pure-Python core leaves, is in
 docs/architecture.md ("Guarantees").
+
+Native core
+-----------
+With ``ioserver._native`` in use (``ioserver.NATIVE``), ``WakeupHandle`` and
+``ThreadWakeup`` are its C types (the pure-Python ones stay importable as
+:class:`PyWakeupHandle` and :class:`PyThreadWakeup`): the claim is a flag set
+under the GIL, and a thread parks on one lock of its own instead of one per
+handle; every release is consumed before the parking call returns, and a park
+that an exception ends has taken its own claim or the waker's release, so
+``abort`` keeps the contract above. :class:`AsyncWakeup` and
+:class:`MainThreadWakeup` subclass whichever base is in use. See
+docs/architecture.md ("Native core").
 """
 
 from __future__ import annotations

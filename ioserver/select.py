@@ -50,8 +50,9 @@ from __future__ import annotations
 import asyncio
 import random
 from time import monotonic as _now
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ._core import native
 from .channel import _CLOSED, _NOTHING, _RETRY, _SENT, Channel, ChannelClosed
 from .sched import (
     AsyncWakeup,
@@ -62,7 +63,7 @@ from .sched import (
     thread_wakeup,
 )
 
-__all__ = ["Selectable", "aselect", "select"]
+__all__ = ["Selectable", "aselect", "py_select", "select"]
 
 
 class Selectable(Protocol):
@@ -199,6 +200,16 @@ def select(*ops: Any, timeout: float | None = None) -> tuple[Any, Any]:
         result = _finish(prepared, handle.payload)
         if result is not None:
             return result
+
+
+#: The select written in Python (the whole algorithm, for either core).
+py_select = select
+
+if native is not None and not TYPE_CHECKING:
+    # The native core polls native channels in C and hands everything else
+    # (registration, parking, ports) to py_select.
+    native._setup_select(py_select, ChannelClosed)
+    select = native.select
 
 
 async def aselect(*ops: Any, timeout: float | None = None) -> tuple[Any, Any]:

@@ -1244,7 +1244,8 @@ op_new(Channel *ch, PyObject *value, PyObject *timeout)
     op->inner = NULL;
     op->is_send = value != NULL;
     op->started = 0;
-    PyObject_GC_Track(op);
+    /* Not tracked yet: until it starts the slow path it refers to no object
+     * that could lead back to it (the channel, the message, the timeout). */
     return (PyObject *)op;
 }
 
@@ -1332,6 +1333,8 @@ op_am_send(Op *op, PyObject *arg, PyObject **result)
         *result = NULL;
         return PYGEN_ERROR;
     }
+    /* The slow path's coroutine may lead back here (its frame, the task). */
+    PyObject_GC_Track(op);
     return PyIter_Send(op->inner, Py_None, result);
 }
 
@@ -2085,6 +2088,27 @@ static PyType_Spec channel_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .slots = channel_slots,
 };
+
+int
+ioserver_channel_kind(PyObject *o)
+{
+    if (ChannelType == NULL || !PyObject_TypeCheck(o, ChannelType)) {
+        return 0;
+    }
+    return is_exact((Channel *)o) ? 2 : 1;
+}
+
+int
+ioserver_channel_poll(PyObject *o, PyObject *value, PyObject **out)
+{
+    Channel *ch = (Channel *)o;
+    Post p;
+    post_init(&p);
+    step_begin(ch, &p);
+    int r = value == NULL ? try_recv_step(ch, &p, out) : try_send_step(ch, value, &p);
+    post_run(&p);
+    return r;
+}
 
 /* _setup(ChannelClosed, Empty, Full, ChannelStatistics, exact_class,
  *        RETRY, SLOT, WANT, SENT, CLOSED, NOTHING, arecv_slow, asend_slow):

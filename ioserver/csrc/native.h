@@ -105,4 +105,14 @@ void ioserver_tw_consume(PyObject *h);
  * parent's other threads are dead. */
 extern unsigned long ioserver_fork_gen;
 
+/* ---- channel.c, for select.c ----------------------------------------------- */
+
+/* Whether o is a native channel (any subclass: 1) whose synchronous operations
+ * are the native ones (the exact NativeChannel class: 2), or neither (0). */
+int ioserver_channel_kind(PyObject *o);
+/* One non-blocking attempt on a native channel, in one step: receive (value
+ * NULL; *out gets the message) or send value (borrowed). 1 done, 0 not ready,
+ * -1 closed (and drained, for a receive), -2 error set. */
+int ioserver_channel_poll(PyObject *ch, PyObject *value, PyObject **out);
+
 #endif
