@@ -43,11 +43,13 @@ driver unregistered; no Closed, nobody could receive it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..channel import NO_ONE, Channel, ChannelClosed, Full
 from ..framing import (
@@ -61,12 +63,87 @@ from ..framing import (
 )
 from ..messages import Closed, Data, Error, Message, Passive
 from ..port import _unanchor, anchor
-from ..wakeup import ServerStopped
+from ..wakeup import ServerStopped, Wakeup
 
 if TYPE_CHECKING:
     from ..port import Port
 
-__all__ = ["Driver"]
+__all__ = ["Driver", "DriverHost", "Inbox"]
+
+R = TypeVar("R")
+
+
+class Inbox(Protocol):
+    """What the loop side uses of the channel a port delivers into: a send that never
+    blocks, a callback when room comes back, and an append past the capacity for
+    the final ``Closed`` (the "out of the loop" crossing of docs/architecture.md).
+
+    A ``Channel`` is one; the daemon's ``SessionSink`` (daemon/session.py) is
+    another, which encodes each message onto a session socket and is never
+    received from (it subclasses Channel for the rest of Port's bookkeeping).
+    """
+
+    @property
+    def capacity(self) -> int | None: ...
+
+    def try_send(self, value: Any) -> None: ...
+
+    def _notify_when_room(self, callback: Callable[[], object]) -> bool: ...
+
+    def _put_overflow(self, value: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class DriverHost(Protocol):
+    """What a driver needs from the server that runs it: the ``IOServer`` (server.py),
+    named here as an interface because drivers stand above the server in the
+    layering and may not import it.
+
+    The members, and who uses them:
+
+    - ``loop``: the event loop, on the I/O thread only (transports, ``call_soon``);
+    - ``_wakeup``: the request queue into the loop (``submit`` from any thread:
+      room callbacks, file jobs' results, timer requests; ``next_wakeup`` for the
+      timer heap's armed deadline);
+    - ``_register``/``_unregister``/``_drivers``: the set of live drivers, for
+      stats and shutdown (every Driver registers in ``__init__``);
+    - ``_run_coroutine``/``call``: the client side of an open (run the opening
+      coroutine or function on the loop and wait for its port);
+    - ``_stop_deadline``: when a stopping server gives up flushing (a process
+      driver's kill budget).
+
+    Two lazy slots are attached to the server by the driver modules that own them,
+    made on first use on the loop thread: ``_timer_heap`` (drivers/timer.py) and
+    ``_file_pool`` (drivers/file.py). The server does not declare them, so they
+    are read with ``getattr(server, name, None)`` and set with ``setattr``.
+
+    Every member is read-only here (properties), so the server may keep plain
+    attributes of these types or of subtypes.
+    """
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def _wakeup(self) -> Wakeup: ...
+
+    @property
+    def _drivers(self) -> set[Driver]: ...
+
+    @property
+    def _stop_deadline(self) -> float: ...
+
+    def _register(self, driver: Driver) -> None: ...
+
+    def _unregister(self, driver: Driver) -> None: ...
+
+    def _run_coroutine(
+        self, make: Callable[..., Coroutine[Any, Any, R]], *args: Any, timeout: float | None = None
+    ) -> R: ...
+
+    def call(self, fn: Callable[..., R], *args: Any, timeout: float | None = None) -> R: ...
+
 
 log = logging.getLogger("ioserver")
 
@@ -115,7 +192,7 @@ class Driver:
 
     def __init__(
         self,
-        server: Any,
+        server: DriverHost,
         port: Port,
         *,
         packet: str | int | None = None,
@@ -169,7 +246,7 @@ class Driver:
         return self._port()  # type: ignore[return-value]
 
     @property
-    def inbox(self) -> Channel[Any]:
+    def inbox(self) -> Inbox:
         """The channel the port delivers into (kept by the Port, see above)."""
         return self._port()._inbox  # type: ignore[union-attr]
 

@@ -58,7 +58,7 @@ from typing import Any
 
 from ..port import Port
 from ..wakeup import ServerStopped
-from .base import Driver
+from .base import Driver, DriverHost
 from .options import take_options
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "FileDriver", "open_file"]
@@ -123,12 +123,13 @@ class _FilePool:
         return self._executor is not None
 
 
-def _pool_of(server: Any) -> _FilePool:
+def _pool_of(server: DriverHost) -> _FilePool:
     """Loop thread: the server's file pool, made on first use."""
     pool: _FilePool | None = getattr(server, "_file_pool", None)
     if pool is None:
         pool = _FilePool()
-        server._file_pool = pool
+        # A lazy slot the server does not declare (DriverHost's docstring).
+        setattr(server, "_file_pool", pool)  # noqa: B010
     return pool
 
 
@@ -139,7 +140,7 @@ class FileDriver(Driver):
 
     def __init__(
         self,
-        server: Any,
+        server: DriverHost,
         port: Port,
         path: str | bytes,
         mode: str,
@@ -430,7 +431,7 @@ class FileDriver(Driver):
         return info
 
 
-def open_file(server: Any, path: Any, mode: str, options: dict[str, Any]) -> Port:
+def open_file(server: DriverHost, path: Any, mode: str, options: dict[str, Any]) -> Port:
     """Client side of ``IOServer.open_file``: open ``path`` in a worker, return its port.
 
     ``mode``: "rb" (reads arrive as ``Data`` then ``Closed`` at EOF), "wb" or

@@ -107,7 +107,7 @@ from typing import Any
 
 from ..messages import Exited, Stderr
 from ..port import Port
-from .base import Driver
+from .base import Driver, DriverHost
 from .options import take_options
 
 __all__ = ["DEFAULT_KILL_TIMEOUT", "ProcessDriver", "spawn"]
@@ -144,7 +144,7 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
 
     def __init__(
         self,
-        server: Any,
+        server: DriverHost,
         port: Port,
         *,
         stderr: str = "separate",
@@ -644,7 +644,7 @@ def _check_argv(argv: object) -> list[str | bytes]:
     return args
 
 
-def spawn(server: Any, argv: Sequence[str], options: dict[str, Any]) -> Port:
+def spawn(server: DriverHost, argv: Sequence[str], options: dict[str, Any]) -> Port:
     """Client side of ``IOServer.spawn``: start ``argv`` (no shell) and return its port.
 
     Options: ``cwd``, ``env`` (a mapping that *replaces* the environment, as in

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..messages import Accepted
 from ..port import Port
-from .base import Driver
+from .base import Driver, DriverHost
 from .options import PortOptions, take_options
 
 __all__ = ["ACCEPT_BATCH", "ListenerDriver", "StreamDriver", "connect", "listen", "tcp_sockets"]
@@ -42,7 +42,7 @@ class StreamDriver(Driver, asyncio.Protocol):
 
     __slots__ = ("kind",)
 
-    def __init__(self, server: Any, port: Port, kind: str, **kwargs: Any) -> None:
+    def __init__(self, server: DriverHost, port: Port, kind: str, **kwargs: Any) -> None:
         super().__init__(server, port, **kwargs)
         self.kind = kind
 
@@ -145,7 +145,7 @@ class ListenerDriver(Driver):
 
     def __init__(
         self,
-        server: Any,
+        server: DriverHost,
         port: Port,
         kind: str,
         conn_options: PortOptions,
@@ -313,7 +313,7 @@ def _address(addr: Any) -> Any:
     return addr
 
 
-def connect(server: Any, kind: str, open_fn: OpenFn, options: dict[str, Any]) -> Port:
+def connect(server: DriverHost, kind: str, open_fn: OpenFn, options: dict[str, Any]) -> Port:
     """Client side: open a connection with ``open_fn(factory)`` on the loop; block until
     connected or raise its OSError."""
     opts, _ = take_options(dict(options))
@@ -341,7 +341,7 @@ def connect(server: Any, kind: str, open_fn: OpenFn, options: dict[str, Any]) ->
 
 
 def listen(
-    server: Any,
+    server: DriverHost,
     kind: str,
     open_fn: Callable[[int], Coroutine[Any, Any, list[socket.socket]]],
     options: dict[str, Any],

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..port import Port
 from . import stream
+from .base import DriverHost
 
 __all__ = ["connect", "listen", "resolve"]
 
@@ -25,7 +26,7 @@ def resolve(host: str | None, port: int, *, passive: bool = False) -> list[Any]:
     return list(dict.fromkeys(infos))  # the same address twice binds (or fails) twice
 
 
-def connect(server: Any, host: str, port: int, options: dict[str, Any]) -> Port:
+def connect(server: DriverHost, host: str, port: int, options: dict[str, Any]) -> Port:
     """Client side of ``IOServer.connect_tcp``: each address ``host`` resolves to, in
     order, until one connects; the first error if none does."""
     errors: list[OSError] = []
@@ -41,7 +42,7 @@ def connect(server: Any, host: str, port: int, options: dict[str, Any]) -> Port:
     raise errors[0]
 
 
-def listen(server: Any, host: str, port: int, options: dict[str, Any]) -> Port:
+def listen(server: DriverHost, host: str, port: int, options: dict[str, Any]) -> Port:
     """Client side of ``IOServer.listen_tcp``."""
     infos = resolve(host, port, passive=True)
 

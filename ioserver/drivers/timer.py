@@ -85,7 +85,7 @@ from ..channel import Channel, ChannelClosed, Full
 from ..messages import Tick
 from ..port import Port
 from ..wakeup import ServerStopped, Wakeup
-from .base import Driver
+from .base import Driver, DriverHost
 from .options import take_options
 
 __all__ = [
@@ -137,7 +137,7 @@ class Timer(_Entry):
     __slots__ = ("_cancelled", "_claim", "_fired", "_message", "_server", "_target")
 
     def __init__(
-        self, server: Any, deadline: float, target: Channel[Any] | Port, message: Any
+        self, server: DriverHost, deadline: float, target: Channel[Any] | Port, message: Any
     ) -> None:
         super().__init__(deadline)
         self._server = server
@@ -217,7 +217,7 @@ class _IntervalEntry(_Entry):
 class TimerHeap:
     """All timers of one server, with one armed loop timer (loop thread only)."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: DriverHost) -> None:
         self.server = server
         self.loop = server.loop
         self.wakeup: Wakeup = server._wakeup
@@ -420,25 +420,26 @@ class TimerHeap:
         }
 
 
-def heap_of(server: Any) -> TimerHeap:
+def heap_of(server: DriverHost) -> TimerHeap:
     """The server's timer heap, made on first use (loop thread only)."""
     heap: TimerHeap | None = getattr(server, "_timer_heap", None)
     if heap is None:
         heap = TimerHeap(server)
-        server._timer_heap = heap
+        # A lazy slot the server does not declare (DriverHost's docstring).
+        setattr(server, "_timer_heap", heap)  # noqa: B010
     return heap
 
 
-def loop_info(server: Any) -> dict[str, Any]:
+def loop_info(server: DriverHost) -> dict[str, Any]:
     """The timer heap's counters (loop thread: use ``io.call(loop_info, io)``)."""
     return heap_of(server).info()
 
 
-def _add(server: Any, timer: Timer) -> None:
+def _add(server: DriverHost, timer: Timer) -> None:
     heap_of(server).add(timer)
 
 
-def _note_cancelled(server: Any, timer: Timer) -> None:
+def _note_cancelled(server: DriverHost, timer: Timer) -> None:
     # The add ran before this note (FIFO: cancel() needs the Timer send_after returns).
     heap: TimerHeap | None = getattr(server, "_timer_heap", None)
     if heap is not None:
@@ -455,7 +456,9 @@ def _check_delay(delay: float, what: str) -> float:
     return value
 
 
-def send_after(server: Any, delay: float, channel: Channel[Any] | Port, message: Any) -> Timer:
+def send_after(
+    server: DriverHost, delay: float, channel: Channel[Any] | Port, message: Any
+) -> Timer:
     """Deliver ``message`` to ``channel`` (a Channel, or a Port: into its inbox at the
     time it fires) ``delay`` seconds from now; any thread. Returns the Timer.
 
@@ -486,7 +489,7 @@ class IntervalDriver(Driver):
 
     def __init__(
         self,
-        server: Any,
+        server: DriverHost,
         port: Port,
         period: float,
         first_deadline: float,
@@ -554,7 +557,7 @@ class IntervalDriver(Driver):
         return info
 
 
-def interval(server: Any, period: float, options: dict[str, Any]) -> Port:
+def interval(server: DriverHost, period: float, options: dict[str, Any]) -> Port:
     """Client side of ``IOServer.interval``: a port of kind "interval" delivering
     ``Tick(port, count)`` every ``period`` seconds, the first one ``period``
     seconds from now. Takes the port options ``inbox`` and ``active``; ``packet``
@@ -575,7 +578,7 @@ def interval(server: Any, period: float, options: dict[str, Any]) -> Port:
 
 
 def _open_interval(
-    server: Any, port: Port, period: float, first: float, active: bool | int | str
+    server: DriverHost, port: Port, period: float, first: float, active: bool | int | str
 ) -> None:
     # A close() that came first is a request behind this one: it finds the driver.
     IntervalDriver(server, port, period, first, active)

@@ -48,7 +48,7 @@ from typing import Any
 
 from ..messages import Datagram, Error
 from ..port import Port
-from .base import Driver
+from .base import Driver, DriverHost
 from .options import take_options
 
 __all__ = ["DEFAULT_MAX_PENDING", "UDPDriver", "open_udp"]
@@ -67,7 +67,7 @@ class UDPDriver(Driver, asyncio.DatagramProtocol):
 
     kind = "udp"
 
-    def __init__(self, server: Any, port: Port, *, max_pending: int, **kwargs: Any) -> None:
+    def __init__(self, server: DriverHost, port: Port, *, max_pending: int, **kwargs: Any) -> None:
         super().__init__(server, port, **kwargs)
         self.max_pending = max_pending
         #: Datagrams dropped because the port could not take them (uvloop only).
@@ -251,7 +251,7 @@ def _address(addr: Any) -> Any:
     return addr
 
 
-def open_udp(server: Any, local_addr: Any, options: dict[str, Any]) -> Port:
+def open_udp(server: DriverHost, local_addr: Any, options: dict[str, Any]) -> Port:
     """Client side of ``IOServer.open_udp``: bind (and connect), block until done.
 
     Options: the port options (``packet`` must be None), ``remote_addr``

@@ -10,11 +10,12 @@ from typing import Any
 
 from ..port import Port
 from . import stream
+from .base import DriverHost
 
 __all__ = ["connect", "listen"]
 
 
-def connect(server: Any, path: str, options: dict[str, Any]) -> Port:
+def connect(server: DriverHost, path: str, options: dict[str, Any]) -> Port:
     """Client side of ``IOServer.connect_unix``."""
 
     def open_fn(factory: Any) -> Any:
@@ -23,7 +24,7 @@ def connect(server: Any, path: str, options: dict[str, Any]) -> Port:
     return stream.connect(server, "unix", open_fn, options)
 
 
-def listen(server: Any, path: str, options: dict[str, Any]) -> Port:
+def listen(server: DriverHost, path: str, options: dict[str, Any]) -> Port:
     """Client side of ``IOServer.listen_unix``; the socket file is removed on close."""
 
     async def open_fn(backlog: int) -> list[socket.socket]:

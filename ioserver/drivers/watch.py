@@ -49,7 +49,7 @@ from typing import Any
 
 from ..messages import Message, Readable, Writable
 from ..port import Port
-from .base import Driver
+from .base import Driver, DriverHost
 from .options import take_options
 
 __all__ = ["WatchDriver", "watch"]
@@ -66,7 +66,7 @@ class WatchDriver(Driver):
 
     def __init__(
         self,
-        server: Any,
+        server: DriverHost,
         port: Port,
         *,
         fd: int,
@@ -253,7 +253,7 @@ def _owner_ref(fileobj: Any) -> Callable[[], Any] | None:
 
 
 def watch(
-    server: Any, fileobj: Any, readable: bool, writable: bool, options: dict[str, Any]
+    server: DriverHost, fileobj: Any, readable: bool, writable: bool, options: dict[str, Any]
 ) -> Port:
     """Client side of ``IOServer.watch``: a port delivering readiness of ``fileobj``.
 
