@@ -1230,12 +1230,26 @@ typedef struct {
     char started;
 } Op;
 
+/* A few Ops that finished without starting the slow path, kept for reuse (as
+ * CPython's own freelists: every `await ch.arecv()` would otherwise allocate
+ * and free one). Touched only under the GIL; they own no references. */
+#define OP_FREELIST 16
+static Op *op_free[OP_FREELIST];
+static int op_nfree = 0;
+
 static PyObject *
 op_new(Channel *ch, PyObject *value, PyObject *timeout)
 {
-    Op *op = PyObject_GC_New(Op, OpType);
-    if (op == NULL) {
-        return NULL;
+    Op *op;
+    if (op_nfree > 0) {
+        op = op_free[--op_nfree];
+        _Py_NewReference((PyObject *)op);  /* refcount 1, as a fresh object */
+    }
+    else {
+        op = PyObject_GC_New(Op, OpType);
+        if (op == NULL) {
+            return NULL;
+        }
     }
     Py_INCREF(OpType);  /* a heap type's instances own it */
     op->ch = Py_NewRef((PyObject *)ch);
@@ -1274,9 +1288,15 @@ static void
 op_dealloc(Op *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
+    int tracked = PyObject_GC_IsTracked((PyObject *)op);
     PyObject_GC_UnTrack(op);
     op_clear(op);
-    PyObject_GC_Del(op);
+    if (!tracked && op_nfree < OP_FREELIST) {
+        op_free[op_nfree++] = op;  /* untracked, no references: reused by op_new */
+    }
+    else {
+        PyObject_GC_Del(op);
+    }
     Py_DECREF(tp);
 }
 
