@@ -6,9 +6,9 @@ special case anywhere. Its send side is a write command submitted to the loop
 thread (``wakeup.submit``); sends are fire-and-forget, so many writes cost one
 wakeup.
 
-Write backpressure (lesson 6, Erlang's busy port): a port is *busy* while the
-bytes submitted but not yet handed to the transport, plus the transport's own
-buffer, exceed ``high_water``. ``send`` blocks while the port is busy (or
+Write backpressure (lesson 6 of docs/architecture.md, Erlang's busy port): a
+port is *busy* while the bytes submitted but not yet handed to the transport,
+plus the transport's own buffer, exceed ``high_water``. ``send`` blocks while the port is busy (or
 raises TimeoutError given a timeout; ``nowait=True`` returns False instead,
 Erlang's ``nosuspend``), and resumes when the loop has drained it below
 ``low_water`` (half of high by default: ZeroMQ's ``(hwm+1)/2``, which avoids

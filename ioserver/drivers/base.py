@@ -14,7 +14,7 @@ callback only submits ``_on_room`` to the loop. So memory per port is bounded
 by the inbox capacity plus one read, and a slow consumer slows the peer
 through TCP itself.
 
-Active modes (Erlang's ``inet:setopts``; lesson 3): ``True`` delivers
+Active modes (Erlang's ``inet:setopts``; lesson 3, docs/architecture.md): ``True`` delivers
 everything (still bounded by the inbox), ``False`` nothing until ``read_one``,
 ``"once"`` one message, an int N is *added* to a counter that each delivered
 data message decrements; reaching 0 sends ``Passive`` and stops reading.
@@ -26,7 +26,7 @@ when our side ends it (``close()``, server stop) undelivered input is
 dropped and Closed goes out at once. After it, a port's own inbox is closed, so
 ``for msg in port`` ends.
 
-Faults (lesson 9): an exception in a driver callback becomes ``Error`` then
+Faults (lesson 9, docs/architecture.md): an exception in a driver callback becomes ``Error`` then
 ``Closed`` for that port only (``fail``); the loop goes on.
 
 Lifetime. The loop side (the server's driver set, transports, loop callbacks,
@@ -318,7 +318,7 @@ class Driver:
             port._set_transport_busy(False)
 
     def info(self) -> dict[str, Any]:
-        """Per-port observability (lesson 12)."""
+        """Per-port observability (lesson 12, docs/architecture.md)."""
         return {
             "active": self._active if self._active != _INF else True,
             "pending_messages": len(self._pending),
@@ -353,7 +353,8 @@ class Driver:
             self.deliver(Data(port, frame))
 
     def _fail_framing(self, exc: FrameError) -> None:
-        """Deliver the frames decoded before the bad one, then Error + Closed (lesson 4)."""
+        """Deliver the frames decoded before the bad one, then Error + Closed
+        (lesson 4, docs/architecture.md)."""
         self._deliver_frames(exc.frames)
         self.fail(exc)
 

@@ -339,7 +339,8 @@ class FileDriver(Driver):
         return b"".join(parts)
 
     def _update_busy(self) -> None:
-        """Writers: busy above high water, idle again at low water (lesson 6)."""
+        """Writers: busy above high water, idle again at low water (lesson 6,
+        docs/architecture.md)."""
         port = self._port()
         if port is None:  # collected (drivers/base.py, "Lifetime"): nobody to tell
             return

@@ -28,7 +28,7 @@ The port's driver, :class:`ProcessDriver`, is an ``asyncio.SubprocessProtocol``:
   open, and so delays both, as with any pipe reader.) ``Stderr`` and
   ``Exited`` count like ``Data`` against an ``active=N`` budget.
 
-Killing (lesson 10). ``port.close()`` delivers ``Closed`` at once, sends the
+Killing (lesson 10, docs/architecture.md). ``port.close()`` delivers ``Closed`` at once, sends the
 child SIGTERM and, if it has not exited ``kill_timeout`` seconds later
 (default 1.0; 0 means SIGKILL at once), SIGKILL. Its stdout/stderr are still
 drained (and dropped) meanwhile, so a child that handles SIGTERM by writing
@@ -51,7 +51,8 @@ has left ours and is not signalled. The group id is used while the child is
 unreaped, or while a member of the group still lives (which keeps the id
 from being reused).
 
-Signals and child watchers (lesson 11: embedded mode installs no signal handlers)
+Signals and child watchers (embedded mode installs no signal handlers: lesson 11,
+docs/architecture.md)
 -------------------------------------------------------------------------------
 What we found (CPython 3.11, uvloop 0.23, Linux):
 
@@ -74,7 +75,7 @@ What we found (CPython 3.11, uvloop 0.23, Linux):
 * uvloop's ``subprocess_exec`` hands the child its stdio through inheritable
   dups that libuv never closes in the child (libuv has no ``close_fds``): the
   child holds its stdin, stdout and stderr twice (e.g. as fds 13, 17, 19), so
-  a child that closes fd 0 does not close its stdin, contrary to lesson 11.
+  a child that closes fd 0 does not close its stdin, contrary to lesson 11 (docs/architecture.md).
 
 So neither loop's ``subprocess_exec`` fits an embedded library. Where the
 kernel has pidfds (Linux >= 5.3: ``os.pidfd_open``), which we probe once, we

@@ -16,7 +16,7 @@ needs converting. A loop timer that fires a little early (uvloop rounds to the
 millisecond) finds nothing due and is simply re-armed: timers never fire
 before their deadline.
 
-Deadline-aware wakeups (lesson 1). ``send_after`` submits its "add" request
+Deadline-aware wakeups (lesson 1, docs/architecture.md). ``send_after`` submits its "add" request
 with ``deadline=``: if the deadline is not earlier than the loop's armed
 wakeup, ``Wakeup.submit`` writes nothing to the pipe (``skipped_wakeups``
 counts these). That is safe because the request is queued before the producer

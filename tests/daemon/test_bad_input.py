@@ -1,4 +1,5 @@
-"""Every row of DESIGN.md's "Bad input and faults" table, against the real daemon.
+"""Every daemon row of the "Bad input and faults" table (docs/architecture.md),
+against the real daemon.
 
 The clients here are raw sockets speaking msgpack (``RawClient``): nothing of ours
 but the bytes. The module shares one daemon; alongside it, for the whole module,

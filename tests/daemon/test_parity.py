@@ -2,7 +2,7 @@
 
 Every test in :class:`TestPortParity` runs twice, on an embedded
 ``ioserver.IOServer`` and on ``client.connect(socket)`` to a real daemon
-process (STYLE 6: one conformance suite for every implementation), and asserts
+process (one conformance suite for every implementation), and asserts
 the exact message sequence a port delivers. Peers are plain blocking sockets of
 the test process; listeners made through the daemon are bound by the daemon,
 on this machine, so the test connects to them directly.

@@ -91,7 +91,7 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-# -- active modes (lesson 3) --------------------------------------------------------
+# -- active modes (lesson 3, docs/architecture.md) -------------------------------------------------
 
 
 def test_active_once_delivers_one_message_per_setopts(io: IOServer) -> None:
@@ -308,7 +308,7 @@ def test_slow_consumer_bounds_memory_and_loses_nothing(io: IOServer) -> None:
     assert list(port) == []
 
 
-# -- write backpressure (lesson 6) -----------------------------------------------------
+# -- write backpressure (lesson 6, docs/architecture.md) -------------------------------------------
 
 
 def make_busy(port: Port, chunk_of: Any) -> int:
@@ -459,7 +459,7 @@ def test_interrupted_blocked_send_leaves_no_stale_wakeup(
     peer.close()
 
 
-# -- ownership transfer (lesson 5) -------------------------------------------------------
+# -- ownership transfer (lesson 5, docs/architecture.md) -------------------------------------------
 
 
 @pytest.mark.timeout(60)

@@ -354,8 +354,8 @@ def test_shared_inbox_and_active_once(io: IOServer) -> None:
 
 
 def test_pidfd_backend_installs_no_sigchld_handler() -> None:
-    """Lesson 11: with pidfds, spawning touches no signal disposition (uvloop's own
-    subprocess_exec would install libuv's SIGCHLD handler)."""
+    """Lesson 11 (docs/architecture.md): with pidfds, spawning touches no signal
+    disposition (uvloop's own subprocess_exec would install libuv's SIGCHLD handler)."""
     if not process._pidfd_supported():
         pytest.skip("no pidfd support here")
 

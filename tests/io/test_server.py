@@ -176,7 +176,7 @@ def test_call_reraises_the_exception(io: IOServer) -> None:
 
 
 def test_call_from_the_io_thread_raises_at_once(io: IOServer) -> None:
-    """Lesson 8: a blocking call made on the I/O thread raises RuntimeError
+    """Lesson 8 (docs/architecture.md): a blocking call made on the I/O thread raises RuntimeError
     instead of deadlocking (a deadlock would show as the outer TimeoutError)."""
     with pytest.raises(RuntimeError, match="I/O thread"):
         io.call(lambda: io.call(lambda: 1), timeout=10)
@@ -385,8 +385,8 @@ def test_stop_flushes_pending_writes(chunks: int) -> None:
 
 @pytest.mark.parametrize("loop", ["auto", "asyncio"])
 def test_embedded_server_installs_no_signal_handlers(loop: str) -> None:
-    """Lesson 11: starting, using and stopping a server leaves SIGINT, SIGTERM,
-    SIGCHLD and the signal wakeup fd exactly as they were."""
+    """Lesson 11 (docs/architecture.md): starting, using and stopping a server leaves
+    SIGINT, SIGTERM, SIGCHLD and the signal wakeup fd exactly as they were."""
     sigs = [signal.SIGINT, signal.SIGTERM, signal.SIGCHLD]
     before = [signal.getsignal(s) for s in sigs]
     old_fd = signal.set_wakeup_fd(-1)

@@ -342,9 +342,10 @@ class StreamPortTests:
     def test_oversized_frame_is_error_then_closed_and_server_serves_on(
         self, io: IOServer, family: Any
     ) -> None:
-        """Lesson 4: a 4-byte header announcing 70000 bytes with max_frame_bytes=1024
-        gives the frames before it, then Error(FrameError naming the limit), then
-        Closed; the listener and other connections keep working."""
+        """Lesson 4 (docs/architecture.md): a 4-byte header announcing 70000 bytes
+        with max_frame_bytes=1024 gives the frames before it, then Error(FrameError
+        naming the limit), then Closed; the listener and other connections keep
+        working."""
         listener = family.listen(io, packet=4, max_frame_bytes=1024)
         good_peer = family.plain_connect(listener.address)
         good = listener.recv(timeout=T).conn  # type: ignore[union-attr]
@@ -440,8 +441,8 @@ class StreamPortTests:
     def test_exception_in_driver_callback_closes_only_that_port(
         self, io: IOServer, family: Any
     ) -> None:
-        """Lesson 9: a driver callback that raises gives that port Error + Closed;
-        the loop, the listener and the other ports go on."""
+        """Lesson 9 (docs/architecture.md): a driver callback that raises gives that
+        port Error + Closed; the loop, the listener and the other ports go on."""
         listener = family.listen(io)
         peers, conns = [], []
         for _ in range(2):

@@ -192,7 +192,7 @@ def test_cancel_racing_fire_exactly_one_outcome_per_timer(io: IOServer) -> None:
         assert t.cancel() is False
 
 
-# -- lesson 1: a later deadline costs no wakeup ----------------------------------------------
+# -- lesson 1 (docs/architecture.md): a later deadline costs no wakeup -----------------------------
 
 
 def test_later_deadlines_skip_the_pipe_and_an_earlier_one_wakes_the_loop(

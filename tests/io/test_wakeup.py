@@ -135,7 +135,7 @@ def test_self_resubmitting_request_does_not_starve_other_producers(io: IOServer)
 
 
 def test_deadline_request_behind_an_armed_wakeup_needs_no_pipe_write(io: IOServer) -> None:
-    """Lesson 1: a request not needed before the loop's armed wakeup does not
+    """Lesson 1 (docs/architecture.md): a request not needed before the loop's armed wakeup does not
     write the pipe; one needed earlier does, and both then run in order."""
     w = io._wakeup
     ran: list[str] = []
@@ -185,8 +185,9 @@ def test_failing_request_is_logged_and_the_loop_goes_on(
 
 @pytest.mark.timeout(60)
 def test_request_flood_does_not_starve_io(io: IOServer) -> None:
-    """Lesson 2: with 100k requests queued, a TCP echo (an I/O callback on the
-    loop) is served between batches, long before the flood is drained."""
+    """Lesson 2 (docs/architecture.md): with 100k requests queued, a TCP echo (an
+    I/O callback on the loop) is served between batches, long before the flood is
+    drained."""
     n = 100_000
     ran = [0]
     echoes: list[tuple[int, int]] = []  # (requests run, requests still queued) at echo time
@@ -234,7 +235,7 @@ def test_request_flood_does_not_starve_io(io: IOServer) -> None:
         client.close()
 
 
-# -- shutdown (lesson 7) -------------------------------------------------------------
+# -- shutdown (lesson 7, docs/architecture.md) -----------------------------------------------------
 
 
 @pytest.mark.timeout(60)
@@ -336,7 +337,7 @@ def test_blocking_calls_racing_stop_all_return_or_raise_server_stopped() -> None
         io.call(noop)
 
 
-# -- fork (lesson 11) -------------------------------------------------------------------
+# -- fork (lesson 11, docs/architecture.md) --------------------------------------------------------
 
 
 @pytest.mark.timeout(30)
@@ -383,15 +384,16 @@ def test_forked_child_cannot_submit_and_parent_keeps_working(io: IOServer) -> No
 
 
 def test_pipe_fds_are_close_on_exec(io: IOServer) -> None:
-    """Lesson 11: the self-pipe is not inherited by exec'd programs."""
+    """Lesson 11 (docs/architecture.md): the self-pipe is not inherited by exec'd programs."""
     w: Any = io._wakeup
     for fd in (w._rfd, w._wfd):
         assert not os.get_inheritable(fd)
 
 
 def test_a_spinning_loop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    """Lesson 9: pipe wakeups that find nothing to do are counted, and a streak of
-    them (something waking the loop for nothing, over and over) is logged once;
+    """Lesson 9 (docs/architecture.md): pipe wakeups that find nothing to do are
+    counted, and a streak of them (something waking the loop for nothing, over and
+    over) is logged once;
     stray bytes don't upset the token, and the server keeps serving."""
     from ioserver.wakeup import SPIN_THRESHOLD
 

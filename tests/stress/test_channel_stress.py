@@ -1,7 +1,7 @@
 """Stress: many threads and coroutines on shared channels, closed at a random moment;
 then random single-thread schedules against a sequential model (hypothesis).
 
-The invariant (DESIGN "Semantics the contract fixes"): a send that returned was
+The invariant (docs/architecture.md, "Guarantees"): a send that returned was
 delivered, exactly once; a send that raised was not delivered at all; nobody hangs.
 """
 

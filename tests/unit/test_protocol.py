@@ -1,6 +1,7 @@
 """Tests for ioserver.protocol: the codec fed the h11 way (whole, byte by byte, random
-splits, trailing bytes), every malformed case of DESIGN's table, limits, EOF, the
-method table, the error encoding, the event mapping, and hypothesis fuzzing."""
+splits, trailing bytes), every malformed case of the bad-input table
+(docs/architecture.md), limits, EOF, the method table, the error encoding, the event
+mapping, and hypothesis fuzzing."""
 
 from __future__ import annotations
 
