@@ -11,10 +11,10 @@ parks on a WakeupHandle until the loop has the answer.
 
 States: NEW -> RUNNING -> STOPPING -> STOPPED (or DEAD after a crash).
 
-Stop (lesson 7, deterministic): ``stop(timeout)`` submits the stop request, so
-it runs after every request submitted before it (FIFO): writes queued before
-``stop()`` reach their transports. The loop then closes listeners, gives
-transports up to ``timeout`` to flush, aborts what is left, delivers
+Stop (deterministic: lesson 7, docs/architecture.md): ``stop(timeout)`` submits
+the stop request, so it runs after every request submitted before it (FIFO):
+writes queued before ``stop()`` reach their transports. The loop then closes
+listeners, gives transports up to ``timeout`` to flush, aborts what is left, delivers
 ``Closed("server stopped")`` to every port (own inboxes are then closed, so
 blocked receivers wake), rejects every request that raced with the stop
 (their callers get ServerStopped), and ends the thread.
@@ -24,8 +24,9 @@ clean-up without the flush: every port's inbox gets Closed and is closed, every
 queued request is rejected; ``failure`` holds the exception, which is also
 logged. Nobody stays blocked.
 
-Embedded mode installs no signal handlers (lesson 11). A blocking call made on
-the I/O thread raises at once instead of deadlocking (lesson 8).
+Embedded mode installs no signal handlers (lesson 11, docs/architecture.md). A
+blocking call made on the I/O thread raises at once instead of deadlocking
+(lesson 8, docs/architecture.md).
 
 Fork: the child of ``os.fork`` has a copy of every server but not its I/O
 thread, so at the fork (``os.register_at_fork``) the child's copies are
@@ -80,7 +81,7 @@ def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
                 raise
         else:
             return uvloop.new_event_loop()
-    # The selector loop, not Proactor: ports need add_reader (lesson 11).
+    # The selector loop, not Proactor: ports need add_reader (lesson 11, docs/architecture.md).
     return asyncio.SelectorEventLoop()
 
 
@@ -345,7 +346,7 @@ class IOServer:
         self._drivers.discard(driver)
 
     def stats(self) -> dict[str, Any]:
-        """Counters of the loop (lesson 12), from any thread.
+        """Counters of the loop (lesson 12, docs/architecture.md), from any thread.
 
         ``requests``: requests run; ``batches``: drains; ``pipe_writes``: bytes
         written to the self-pipe (wakeups paid for); ``empty_wakeups``: drains
