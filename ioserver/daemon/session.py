@@ -60,17 +60,17 @@ import hmac
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from concurrent.futures import Executor
+from typing import Any, Protocol
 
 from .. import __version__, protocol
 from ..channel import Channel, ChannelClosed, Full
+from ..config import Config
 from ..messages import Accepted, Error, Message
 from ..port import DEFAULT_HIGH_WATER, Port, PortClosed
+from ..server import IOServer
 
-if TYPE_CHECKING:
-    from .serve import Daemon
-
-__all__ = ["Session", "SessionSink"]
+__all__ = ["DaemonServices", "Session", "SessionSink"]
 
 log = logging.getLogger("ioserver.daemon")
 
@@ -86,6 +86,54 @@ HELD_LIMIT = 4
 #: hello is tiny, and ``limits.unauthenticated`` connections must not each
 #: buffer ``max_message_bytes``.
 PRE_AUTH_MESSAGE_BYTES = 64 * 1024
+
+
+class DaemonServices(Protocol):
+    """What a session needs from its daemon (``serve.Daemon`` provides it).
+
+    A Protocol rather than an import of ``serve.Daemon``, so that this module
+    does not depend on the module that creates its sessions (no import cycle).
+    All of it is used on the I/O thread only.
+    """
+
+    @property
+    def config(self) -> Config:
+        """The daemon's configuration (limits, token, spawn allow-list)."""
+        ...
+
+    @property
+    def io(self) -> IOServer:
+        """The I/O server whose ports the sessions open."""
+        ...
+
+    @property
+    def pool(self) -> Executor:
+        """Where blocking opens (connect, bind, spawn) run, off the loop."""
+        ...
+
+    def next_session_id(self) -> int:
+        """A new session id (unique for the daemon's life)."""
+        ...
+
+    def add_session(self, session: Session) -> str | None:
+        """Admit a new session: None, or why not (a limit it would pass)."""
+        ...
+
+    def authenticate(self, session: Session) -> str | None:
+        """``session`` passed hello: None, or why it may not become a session."""
+        ...
+
+    def remove_session(self, session: Session) -> None:
+        """``session`` is closed: forget it."""
+        ...
+
+    def auth_failed(self, peer: Any, why: str) -> None:
+        """Log a failed authentication (rate-limited)."""
+        ...
+
+    def stats_on_loop(self) -> dict[str, Any]:
+        """The ``stats`` answer: the loop's counters, sessions and ports."""
+        ...
 
 
 class SessionSink(Channel[Any]):
@@ -150,7 +198,7 @@ class SessionSink(Channel[Any]):
 class Session(asyncio.Protocol):
     """One client of the daemon (I/O thread only)."""
 
-    def __init__(self, daemon: Daemon, kind: str) -> None:
+    def __init__(self, daemon: DaemonServices, kind: str) -> None:
         self.daemon = daemon
         self.io = daemon.io
         self.kind = kind  # "unix" or "tcp"
