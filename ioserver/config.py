@@ -62,6 +62,7 @@ __all__ = [
     "default_socket_path",
     "from_mapping",
     "load",
+    "read_token_file",
 ]
 
 
@@ -313,7 +314,7 @@ class Config:
                     f"{', '.join(f.name for f in fields(ServerConfig))})"
                 )
         if changes.get("token_file"):
-            changes["token"] = _read_token_file(changes["token_file"])
+            changes["token"] = read_token_file(changes["token_file"])
         return replace(self, server=replace(self.server, **changes))
 
 
@@ -324,9 +325,13 @@ _SECTIONS: Final[Mapping[str, type[Any]]] = {
 }
 
 
-def _read_token_file(path: str) -> str:
-    """The token in ``path``: the file must be a regular file of mode 0600 or stricter."""
-    key = "server.token_file"
+def read_token_file(path: str, key: str = "server.token_file") -> str:
+    """The token in ``path``: the file must be a regular file of mode 0600 or stricter.
+
+    Raises :class:`ConfigError` naming ``key`` (the config key, or the command-line
+    option such as ``--token-file``) if it is missing, unreadable, too loose, empty
+    or not UTF-8 text. The command line's ``--token-file`` uses it too.
+    """
     try:
         with open(os.path.expanduser(path), "rb") as f:
             st = os.fstat(f.fileno())
@@ -390,7 +395,7 @@ def from_mapping(data: Mapping[str, Any]) -> Config:
                     "server.token and server.token_file are both set: keep one (token_file "
                     "is safer: the config file need not be secret)"
                 )
-            values["token"] = _read_token_file(values["token_file"])
+            values["token"] = read_token_file(values["token_file"])
         sections[name] = cls(**values)
     return Config(**sections)
 

@@ -162,10 +162,15 @@ class Daemon:
         except OSError as exc:
             self.io.stop()
             raise StartError(f"cannot listen: {exc}") from exc
-        log.info("ioserver: listening on unix:%s", self.socket_path)
+
+    def addresses(self) -> list[str]:
+        """Where the daemon listens, as ``ioserver ping`` takes them: the socket path,
+        then ``tcp://host:port`` (the bound port, if the config asked for port 0)."""
+        found = [self.socket_path]
         if self.tcp_address is not None:
             host, port = self.tcp_address
-            log.info("ioserver: listening on tcp://%s:%d", host, port)
+            found.append(f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}")
+        return found
 
     def _prepare_socket_path(self) -> None:
         path = self.socket_path
@@ -216,7 +221,10 @@ class Daemon:
         """Start, serve until SIGINT/SIGTERM, stop; the process exit code."""
         self.install_signal_handlers()
         self.start()
-        print(f"ioserver: listening on {self.socket_path}", file=sys.stderr, flush=True)
+        # Once, every address: what a user pastes into ``ioserver ping``.
+        print(
+            f"ioserver: listening on {' and '.join(self.addresses())}", file=sys.stderr, flush=True
+        )
         try:
             while not self._stop.wait(0.5):
                 if not self.io.running:

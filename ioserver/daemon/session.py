@@ -258,6 +258,7 @@ class Session(asyncio.Protocol):
             transport.close()
             self.closed = True
             return
+        log.debug("ioserver: session %d opened (%s%s)", self.id, self.kind, _from(self.peer))
         if not self.authenticated:
             self.conn.max_message_bytes = min(limits.max_message_bytes, PRE_AUTH_MESSAGE_BYTES)
             self.hello_timer = self.io.loop.call_later(limits.hello_timeout, self._hello_expired)
@@ -480,6 +481,14 @@ class Session(asyncio.Protocol):
             self.daemon.remove_session(self)
             return
         self.closed = True
+        log.debug(
+            "ioserver: session %d closed (%s%s; %d requests, %d ports open)",
+            self.id,
+            self.kind,
+            _from(self.peer),
+            self.requests,
+            len(self.ports),
+        )
         if self.hello_timer is not None:
             self.hello_timer.cancel()
             self.hello_timer = None
@@ -638,7 +647,9 @@ class Session(asyncio.Protocol):
             if not hmac.compare_digest(given.encode(), expected.encode()):
                 self.reply_error(msgid, protocol.NOT_ALLOWED, "wrong token")
                 if self.kind == "tcp":
-                    self.daemon.auth_failed(self.peer, "wrong token")
+                    # The log tells a missing token from a wrong one; the client
+                    # hears "wrong token" either way (the wire message is stable).
+                    self.daemon.auth_failed(self.peer, "wrong token" if given else "no token")
                     self._flush()
                     self.transport.close()
                     self.close_all()
@@ -675,7 +686,10 @@ class Session(asyncio.Protocol):
         self.reply(msgid, protocol.api_info())
 
     def rpc_stats(self, msgid: int) -> None:
-        self.reply(msgid, self.daemon.stats_on_loop())
+        stats = self.daemon.stats_on_loop()
+        # The asking session, so that a tool (ioserver stats/top) can leave itself out.
+        stats["session_id"] = self.id
+        self.reply(msgid, stats)
 
     def rpc_close(self, msgid: int, port_id: Any) -> None:
         port = self.port(port_id)
@@ -892,6 +906,13 @@ def _port_options(opts: Any, extra_keys: tuple[str, ...], limits: Any) -> dict[s
     if options.get("remote_addr") is not None:
         options["remote_addr"] = tuple(options["remote_addr"])
     return options
+
+
+def _from(peer: Any) -> str:
+    """`` from host:port`` for a TCP peer, "" otherwise (for the log)."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f" from {peer[0]}:{peer[1]}"
+    return ""
 
 
 def _addr(value: Any) -> Any:
