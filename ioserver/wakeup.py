@@ -54,7 +54,9 @@ the drain and the counters in C (ioserver/csrc/queue.c, whose header comment
 gives its argument). There the GIL is the only mutex: "append, then take the
 token if free", the drain's "release the token, then look once more", and
 close's "mark done, take everything queued" are each one step that runs no
-Python code, so no late producer has anything to withdraw. :class:`PyWakeup`
+Python code, so no late producer has anything to withdraw. The pipe byte is
+written with the GIL released (the woken loop thread then finds it free), and
+a close during such a write leaves the fds to that writer to close. :class:`PyWakeup`
 is this module's pure-Python queue, importable in both modes.
 
 Fork (lesson 11): the pipe is close-on-exec, and in a forked child every
@@ -471,7 +473,7 @@ if native is not None or TYPE_CHECKING:
             (unrejected: their waiters are in the parent), close the child's
             copies of the pipe (the parent's stay open)."""
             self._take_all(_FORKED_WHY)
-            self._close_fds()
+            self._close_fds(True)
 
 
 #: The queue the server uses: the native one when the compiled core runs.
