@@ -346,8 +346,19 @@ def test_a_bad_config_for_a_client_names_the_key() -> None:
 
 
 def test_version() -> None:
+    """One version: ``ioserver --version`` and the daemon's hello name
+    ``ioserver.__version__``, which the build also reads (pyproject.toml)."""
+    import ioserver
+
     done = run_cli("--version")
-    assert done.returncode == 0 and done.stdout.startswith("ioserver "), done
+    assert done.returncode == 0 and done.stdout == f"ioserver {ioserver.__version__}\n", done
+
+
+def test_hello_names_the_same_version(daemon: DaemonProcess) -> None:
+    import ioserver
+
+    with RawClient(daemon.socket_path) as c:
+        assert c.call("hello", 1, None)["server"] == f"ioserver {ioserver.__version__}"
 
 
 def test_serve_with_a_bad_config_exits_2_naming_the_key() -> None:
