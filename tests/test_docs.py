@@ -173,3 +173,91 @@ def test_the_file_modes_are_the_ones_the_daemon_opens() -> None:
                     io.open_file(path, mode)
     finally:
         shutil.rmtree(directory)
+
+
+# -- the README's install section, the one version, the changelog --------------------------
+
+
+def test_the_readme_says_how_to_install_before_the_examples() -> None:
+    readme = (ROOT / "README.md").read_text()
+    install = readme.index("## Install into your own project")
+    assert install < readme.index("```python"), "the install section comes before the examples"
+    text = readme[install : readme.index("\n## ", install + 1)]
+    for words in (
+        "pip install /path/to/ioserver",
+        "python -m build",
+        "pip wheel",
+        "C compiler",
+        "ioserver.NATIVE",
+        "IOSERVER_PURE=1",
+    ):
+        assert words in text, words
+
+
+@pytest.mark.timeout(300)
+def test_a_wheel_carries_the_one_version_and_the_command(tmp_path: Path) -> None:
+    """``pip wheel`` as the README says (from a clean copy of the sources, without a
+    compiler to keep it quick): the wheel's version is ``ioserver.__version__``, and it
+    holds both packages and the ``ioserver`` command."""
+    import tomllib
+    import zipfile
+
+    import ioserver
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ioserver.__version__"}
+
+    src = tmp_path / "src"
+    for name in ("ioserver", "client"):
+        shutil.copytree(
+            ROOT / name, src / name, ignore=shutil.ignore_patterns("*.so", "__pycache__")
+        )
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    env = {k: v for k, v in os.environ.items() if k != "IOSERVER_STRICT_BUILD"}
+    env["CC"] = "/bin/false"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    (wheel,) = (tmp_path / "dist").glob("ioserver-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        files = z.namelist()
+        info = next(n for n in files if n.endswith(".dist-info/METADATA"))
+        metadata = z.read(info).decode()
+        entry_points = z.read(info.replace("METADATA", "entry_points.txt")).decode()
+    assert f"\nVersion: {ioserver.__version__}\n" in metadata
+    assert wheel.name.startswith(f"ioserver-{ioserver.__version__}-")
+    assert "ioserver = ioserver.cli:main" in entry_points
+    for module in ("ioserver/cli.py", "ioserver/protocol/__init__.py", "client/__init__.py"):
+        assert module in files, module
+
+
+def test_the_changelog_has_the_released_version_and_wire_protocol_sections() -> None:
+    import ioserver
+
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    releases = re.findall(r"^## \[([^\]]+)\]", changelog, re.M)
+    assert releases[0] == "Unreleased"
+    assert releases[1] == ioserver.__version__  # the latest release is the version we are
+    for name in releases:
+        start = changelog.index(f"## [{name}]")
+        end = changelog.find("\n## [", start + 1)
+        assert "### Wire protocol" in changelog[start : end if end > 0 else None], name
