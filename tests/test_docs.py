@@ -261,3 +261,19 @@ def test_the_changelog_has_the_released_version_and_wire_protocol_sections() -> 
         start = changelog.index(f"## [{name}]")
         end = changelog.find("\n## [", start + 1)
         assert "### Wire protocol" in changelog[start : end if end > 0 else None], name
+
+
+def test_the_limits_table_is_the_limits_section_of_the_config() -> None:
+    """Section 9 names every ``[limits]`` key with its default, and nothing else."""
+    from dataclasses import fields
+
+    from ioserver.config import LimitsConfig
+
+    rows = table(section(9), "limit")
+    documented = dict(zip(names(rows), (row[1] for row in rows), strict=True))
+    defaults = {f.name: getattr(LimitsConfig(), f.name) for f in fields(LimitsConfig)}
+    assert set(documented) == set(defaults)
+    units = {"MiB": 1024 * 1024, "s": 1}
+    for key, text in documented.items():
+        number, _, unit = text.partition(" ")
+        assert float(number) * units.get(unit, 1) == defaults[key], (key, text)
