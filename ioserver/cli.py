@@ -555,6 +555,7 @@ def build_parser() -> ArgumentParser:
     serve.add_argument(
         "--token-file", help="file (mode 0600) holding the clients' token (overrides the config)"
     )
+    serve.add_argument("--token", action=_RefuseToken, help=argparse.SUPPRESS)
     level = serve.add_mutually_exclusive_group()
     level.add_argument(
         "--log-level", choices=LOG_LEVELS, help="logging threshold (overrides the config)"

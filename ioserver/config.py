@@ -183,7 +183,8 @@ class ServerConfig:
         if self.tcp and not self.token and not self.insecure:
             raise ConfigError(
                 f"server.tcp = {self.tcp!r} needs a token: every local user can reach a TCP "
-                "port. Set server.token_file to a file (mode 0600) holding a random token "
+                "port. Set server.token_file (or `ioserver serve --token-file`) to a file "
+                "(mode 0600) holding a random token "
                 "(python -c 'import secrets; print(secrets.token_urlsafe(32))'), or "
                 "server.token; or set server.insecure = true to accept clients without one"
             )

@@ -487,3 +487,42 @@ def test_serve_stops_within_300_ms_without_clients() -> None:
             shutil.rmtree(directory)
     assert min(times) < 0.3, times
     assert max(times) < 1.0, times  # a shared, busy machine gets some slack
+
+
+def test_serve_over_tcp_takes_its_token_from_a_file_never_the_command_line() -> None:
+    directory = short_tmpdir()
+    try:
+        config = os.path.join(directory, "ioserver.toml")
+        Path(config).write_text(config_text())
+        socket_path = os.path.join(directory, "s.sock")
+        tcp = f"127.0.0.1:{free_port()}"
+        # without a token: refused at start, one line naming the ways to give one
+        done = run_serve(serve_argv(config, socket_path, "--tcp", tcp))
+        assert_one_line_error(done, 2, "needs a token", "--token-file")
+        done = run_serve(serve_argv(config, socket_path, "--tcp", tcp, "--token", TOKEN))
+        assert_one_line_error(done, 2, "--token-file")
+        assert TOKEN not in done.stderr
+        assert not os.path.exists(socket_path)
+        # with --token-file: clients need that token
+        token_file = _token_file(directory, TOKEN, "server-token")
+        proc = subprocess.Popen(
+            serve_argv(config, socket_path, "--tcp", tcp, "--token-file", token_file),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert f"tcp://{tcp}" in _first_line(proc)
+            done = run_cli_env("ping", f"tcp://{tcp}", env=_env(IOSERVER_TOKEN=TOKEN))
+            assert done.returncode == 0, done
+            done = run_cli_env("ping", f"tcp://{tcp}", env=_env())
+            assert_one_line_error(done, 1, "token required")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(START_TIMEOUT) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    finally:
+        shutil.rmtree(directory)
