@@ -30,14 +30,14 @@ writes the pipe.
 Requests submitted from the loop thread itself never touch the pipe: they take
 the token and schedule the drain with ``call_soon``.
 
-Timers (lesson 1): a request with a ``deadline`` that is not earlier than the
+Timers (lesson 1, docs/architecture.md): a request with a ``deadline`` that is not earlier than the
 loop's armed wakeup (``next_wakeup``) needs no pipe write at all: the loop
 drains the queue when it wakes for that deadline (see ``wake_at``). The
 producer re-reads ``next_wakeup`` after its append; if the loop moved it
 meanwhile (it sets it to +inf, "nothing armed", before it drains), the
 producer falls back to the ordinary wakeup.
 
-Shutdown (lesson 7): ``close()`` runs on the loop thread: it sets ``_done``,
+Shutdown (lesson 7, docs/architecture.md): ``close()`` runs on the loop thread: it sets ``_done``,
 then drains whatever is queued, rejecting each request. A producer checks
 ``_done`` before it appends and again after; if it sees ``_done`` only
 after, it takes ``_lock`` (which ``close`` holds for its final drain) and looks
@@ -59,7 +59,7 @@ written with the GIL released (the woken loop thread then finds it free), and
 a close during such a write leaves the fds to that writer to close. :class:`PyWakeup`
 is this module's pure-Python queue, importable in both modes.
 
-Fork (lesson 11): the pipe is close-on-exec, and in a forked child every
+Fork (lesson 11, docs/architecture.md): the pipe is close-on-exec, and in a forked child every
 copy of a queue is marked done (``os.register_at_fork``), its queued requests
 (the parent's) dropped and the child's copies of the pipe fds closed: the loop
 thread does not exist in the child, so a submit there raises ServerStopped
@@ -258,7 +258,8 @@ class PyWakeup:
         # else: a byte nobody holding the token wrote (stray); nothing to drain
 
     def _empty_wakeup(self) -> None:
-        """Loop thread: the pipe woke us for nothing; log a streak once (lesson 9)."""
+        """Loop thread: the pipe woke us for nothing; log a streak once (lesson 9,
+        docs/architecture.md)."""
         self.empty_wakeups += 1
         self._empty_streak += 1
         if self._empty_streak == SPIN_THRESHOLD:
@@ -461,7 +462,8 @@ if native is not None or TYPE_CHECKING:
             log.error("ioserver: request %r failed", fn, exc_info=exc)
 
         def _spinning(self) -> None:
-            """Loop thread: SPIN_THRESHOLD empty wakeups in a row (lesson 9)."""
+            """Loop thread: SPIN_THRESHOLD empty wakeups in a row (lesson 9,
+            docs/architecture.md)."""
             log.warning(
                 "ioserver: the loop woke %d times in a row with nothing to do "
                 "(something writes the wakeup pipe without submitting?)",
