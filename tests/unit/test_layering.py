@@ -100,12 +100,8 @@ def test_no_module_imports_upward() -> None:
 
 
 # (importer, imported): import edges left out of the cycle check, each with its reason.
-KNOWN_CYCLES = {
-    # daemon/session.py names serve.py's Daemon in its annotations (an import under
-    # TYPE_CHECKING), while serve.py makes Sessions: a cycle being broken now; drop
-    # this entry when session.py no longer imports serve.py.
-    ("ioserver.daemon.session", "ioserver.daemon.serve"),
-}
+# Empty: daemon/session.py no longer names serve.py (the last known cycle).
+KNOWN_CYCLES: set[tuple[str, str]] = set()
 
 
 def import_graph() -> dict[str, set[str]]:
