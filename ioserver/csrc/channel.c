@@ -2130,6 +2130,118 @@ ioserver_channel_poll(PyObject *o, PyObject *value, PyObject **out)
     return r;
 }
 
+int
+ioserver_channel_register(PyObject *o, PyObject *h, Py_ssize_t index, PyObject *value)
+{
+    Channel *ch = (Channel *)o;
+    Post p;
+    post_init(&p);
+    step_begin(ch, &p);
+    int ready = value == NULL ? recv_ready(ch, h, &p) : send_ready(ch, h);
+    if (ready) {
+        post_run(&p);
+        return 0;
+    }
+    if (waitq_push(value == NULL ? &ch->recvq : &ch->sendq, h, index, value) < 0) {
+        post_run(&p);
+        return -1;
+    }
+    if (value == NULL) {
+        on_receiver_parked(ch, &p);
+    }
+    else if (ch->kind == BOUNDED) {
+        admit(ch, &p);
+    }
+    post_run(&p);
+    return 1;
+}
+
+void
+ioserver_channel_unregister(PyObject *o, PyObject *h)
+{
+    Channel *ch = (Channel *)o;
+    Post p;
+    post_init(&p);
+    step_begin(ch, &p);
+    drop(ch, h, &p);
+    post_run(&p);
+}
+
+int
+ioserver_channel_claimed_send(PyObject *o, PyObject *value, PyObject *mark)
+{
+    Channel *ch = (Channel *)o;
+    if (ch->kind == UNBOUNDED) {
+        return 0;
+    }
+    Post p;
+    post_init(&p);
+    step_begin(ch, &p);
+    int r;
+    if (ch->closed) {
+        if (ch->kind == BOUNDED) {
+            ch->room++;  /* the slot reserved for us */
+        }
+        r = -1;
+    }
+    else if (ch->kind == BOUNDED) {
+        if (ring_push(ch, Py_NewRef(value)) < 0) {
+            Py_DECREF(value);  /* the caller holds another */
+            ch->room++;
+            r = -2;
+        }
+        else {
+            feed(ch, &p);
+            r = 1;
+        }
+    }
+    else {
+        r = hand_to_receiver(ch, value, &p);
+    }
+    post_run(&p);
+    return r;
+}
+
+void
+ioserver_channel_release_slot(PyObject *o)
+{
+    Post p;
+    post_init(&p);
+    step_begin((Channel *)o, &p);
+    release_slot((Channel *)o, &p);
+    post_run(&p);
+}
+
+int
+ioserver_channel_unrecv(PyObject *o, PyObject *value)
+{
+    Post p;
+    post_init(&p);
+    step_begin((Channel *)o, &p);
+    int r = unrecv((Channel *)o, Py_NewRef(value), &p);
+    post_run(&p);
+    if (r < 0) {
+        Py_DECREF(value);
+    }
+    return r;
+}
+
+void
+ioserver_channel_abandon(PyObject *o, PyObject *mark)
+{
+    Post p;
+    post_init(&p);
+    step_begin((Channel *)o, &p);
+    abandon((Channel *)o, mark, &p);
+    post_run(&p);
+}
+
+PyObject *
+ioserver_mark(int which)
+{
+    return which == IOSERVER_RETRY ? RETRY : which == IOSERVER_SENT ? SENT : CLOSED;
+}
+
 /* _setup(ChannelClosed, Empty, Full, ChannelStatistics, exact_class,
  *        RETRY, SLOT, WANT, SENT, CLOSED, NOTHING, arecv_slow, asend_slow):
  * called once by channel.py. */

@@ -114,5 +114,20 @@ int ioserver_channel_kind(PyObject *o);
  * NULL; *out gets the message) or send value (borrowed). 1 done, 0 not ready,
  * -1 closed (and drained, for a receive), -2 error set. */
 int ioserver_channel_poll(PyObject *ch, PyObject *value, PyObject **out);
+/* The select protocol of a native channel, each call one step (then the work
+ * after it): register h (a receive if value is NULL) unless the channel is
+ * ready (1 registered, 0 ready, -1 error); drop h's entries; finish a send a
+ * waker left `mark` for (1 done, 0 go round, -1 closed, -2 error); free the
+ * slot of a received message; put a message back at the head (0, -1 error);
+ * give back a SLOT or WANT. */
+int ioserver_channel_register(PyObject *ch, PyObject *h, Py_ssize_t index, PyObject *value);
+void ioserver_channel_unregister(PyObject *ch, PyObject *h);
+int ioserver_channel_claimed_send(PyObject *ch, PyObject *value, PyObject *mark);
+void ioserver_channel_release_slot(PyObject *ch);
+int ioserver_channel_unrecv(PyObject *ch, PyObject *value);
+void ioserver_channel_abandon(PyObject *ch, PyObject *mark);
+/* The marks (borrowed; set by channel.py's _setup). */
+PyObject *ioserver_mark(int which);
+enum { IOSERVER_RETRY, IOSERVER_SENT, IOSERVER_CLOSED };
 
 #endif

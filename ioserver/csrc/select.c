@@ -35,6 +35,84 @@ slow(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
     return PyObject_Vectorcall(SlowSelect, args, nargs, kwnames);
 }
 
+static long long
+now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* Operation i of args: its channel and, for a send, its value (both borrowed:
+ * the caller keeps args alive). */
+static inline PyObject *
+op_source(PyObject *const *args, Py_ssize_t i, PyObject **value)
+{
+    PyObject *op = args[i];
+    if (PyTuple_CheckExact(op)) {
+        *value = PyTuple_GET_ITEM(op, 1);
+        return PyTuple_GET_ITEM(op, 0);
+    }
+    *value = NULL;
+    return op;
+}
+
+static PyObject *
+pair(PyObject *src, PyObject *second)  /* steals second */
+{
+    PyObject *result = PyTuple_New(2);
+    if (result == NULL) {
+        Py_DECREF(second);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, Py_NewRef(src));
+    PyTuple_SET_ITEM(result, 1, second);
+    return result;
+}
+
+static void
+raise_closed(PyObject *src, PyObject *value)
+{
+    PyObject *exc = PyObject_CallFunctionObjArgs(ClosedExc, src, value ? value : Py_None, NULL);
+    if (exc != NULL) {
+        PyErr_SetObject(ClosedExc, exc);
+        Py_DECREF(exc);
+    }
+}
+
+static void
+unregister_all(PyObject *const *args, Py_ssize_t nargs, PyObject *h)
+{
+    PyObject *value;
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        ioserver_channel_unregister(op_source(args, i, &value), h);
+    }
+}
+
+/* Step 1: poll every operation once from start. A new (source, result) pair,
+ * NULL with an exception, or NULL without one when nothing is ready. */
+static PyObject *
+poll_once(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t start)
+{
+    for (Py_ssize_t k = 0; k < nargs; k++) {
+        Py_ssize_t i = start + k < nargs ? start + k : start + k - nargs;
+        PyObject *value, *out = NULL;
+        PyObject *src = op_source(args, i, &value);
+        int r = ioserver_channel_poll(src, value, &out);
+        if (r == 1) {
+            return pair(src, value == NULL ? out : Py_NewRef(Py_None));
+        }
+        if (r == -1) {
+            raise_closed(src, value);
+            return NULL;
+        }
+        if (r == -2) {
+            return NULL;
+        }
+    }
+    return NULL;
+}
+
 static PyObject *
 native_select(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObject *kwnames)
 {
@@ -66,58 +144,137 @@ native_select(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObje
             return slow(args, nargs, kwnames);
         }
     }
-    Py_ssize_t start = nargs == 1 ? 0 : random_below(nargs);
-    for (Py_ssize_t k = 0; k < nargs; k++) {
-        Py_ssize_t i = start + k;
-        if (i >= nargs) {
-            i -= nargs;
+    long long deadline = -1;
+    if (timeout != Py_None) {
+        double t = PyFloat_AsDouble(timeout);
+        if (t == -1.0 && PyErr_Occurred()) {
+            return NULL;
         }
-        PyObject *op = args[i], *src, *value = NULL, *out = NULL;
-        if (PyTuple_CheckExact(op)) {
-            src = PyTuple_GET_ITEM(op, 0);
-            value = PyTuple_GET_ITEM(op, 1);
-        }
-        else {
-            src = op;
-        }
-        /* src and value are borrowed from args, which the caller keeps alive. */
-        int r = ioserver_channel_poll(src, value, &out);
-        if (r == 1) {
-            PyObject *result = PyTuple_New(2);
-            if (result == NULL) {
-                if (value == NULL) {
-                    Py_DECREF(out);  /* lost to a memory error: say so */
-                }
-                return NULL;
-            }
-            PyTuple_SET_ITEM(result, 0, Py_NewRef(src));
-            PyTuple_SET_ITEM(result, 1, value == NULL ? out : Py_NewRef(Py_None));
+        deadline = t > 0 ? now_us() + (long long)(t * 1e6) + 1 : 0;
+    }
+    PyObject *const RETRY = ioserver_mark(IOSERVER_RETRY);
+    PyObject *const SENT = ioserver_mark(IOSERVER_SENT);
+    PyObject *const CLOSED = ioserver_mark(IOSERVER_CLOSED);
+    int is_main = -1;
+    for (;;) {
+        Py_ssize_t start = nargs == 1 ? 0 : random_below(nargs);
+        PyObject *result = poll_once(args, nargs, start);
+        if (result != NULL || PyErr_Occurred()) {
             return result;
         }
-        if (r == -1) {
-            PyObject *exc = PyObject_CallFunctionObjArgs(ClosedExc, src, value ? value : Py_None,
-                                                         NULL);
-            if (exc != NULL) {
-                PyErr_SetObject(ClosedExc, exc);
-                Py_DECREF(exc);
+        long long us = -1;
+        if (deadline >= 0) {
+            us = deadline == 0 ? 0 : deadline - now_us();
+            if (us <= 0) {
+                PyErr_SetString(PyExc_TimeoutError, "select timed out");
+                return NULL;
             }
+        }
+        /* Step 2: register one handle on every operation, in the same order.
+         * A main-thread select is never stored for (its sends are handed a
+         * slot or asked to come), so an interrupted one sent nothing. */
+        if (is_main < 0) {
+            is_main = ioserver_is_main_thread();
+        }
+        PyObject *h = ioserver_tw_new(is_main);  /* owned */
+        if (h == NULL) {
+            return NULL;
+        }
+        if (!ioserver_native_unpark_ok(h)) {
+            Py_DECREF(h);  /* park/unpark replaced (a test's hooks): go through them */
+            return slow(args, nargs, kwnames);
+        }
+        int park_now = 1;
+        for (Py_ssize_t k = 0; k < nargs; k++) {
+            Py_ssize_t i = start + k < nargs ? start + k : start + k - nargs;
+            PyObject *value;
+            PyObject *src = op_source(args, i, &value);
+            int r = ioserver_channel_register(src, h, i, value);
+            if (r < 0) {
+                unregister_all(args, nargs, h);
+                Py_DECREF(h);
+                return NULL;
+            }
+            if (r == 0) {
+                /* Ready now: take our own claim so no waker acts on the
+                 * entries made; if a waker got there first, its handoff stands. */
+                park_now = !ioserver_claim(h);
+                break;
+            }
+        }
+        if (!park_now) {
+            unregister_all(args, nargs, h);
+            Py_DECREF(h);
+            continue;  /* poll again */
+        }
+        /* Step 3: park. */
+        int w = ioserver_tw_wait(h, us);
+        if (w == IOSERVER_PARK_INTR) {
+            if (ioserver_claim(h)) {
+                unregister_all(args, nargs, h);
+                Py_DECREF(h);
+                if (PyErr_CheckSignals() < 0) {
+                    return NULL;  /* nothing happened */
+                }
+                continue;
+            }
+            ioserver_tw_consume(h);  /* a waker won: its handoff stands */
+            w = IOSERVER_PARK_WOKEN;
+        }
+        /* Step 4: unregister, then finish. */
+        unregister_all(args, nargs, h);
+        if (w == IOSERVER_PARK_TIMEOUT) {
+            Py_DECREF(h);
+            PyErr_SetString(PyExc_TimeoutError, "select timed out");
+            return NULL;
+        }
+        ioserver_Handle *hd = (ioserver_Handle *)h;
+        Py_ssize_t index = hd->index;
+        PyObject *mark = Py_NewRef(hd->value);  /* a mark, or the message */
+        Py_DECREF(h);
+        if (mark == RETRY) {
+            Py_DECREF(mark);
+            continue;
+        }
+        PyObject *value;
+        PyObject *src = op_source(args, index, &value);
+        if (PyErr_CheckSignals() < 0) {
+            /* Interrupted after the wakeup: give back what was handed over. */
+            if (value != NULL) {
+                ioserver_channel_abandon(src, mark);
+            }
+            else if (ioserver_channel_unrecv(src, mark) < 0) {
+                PyErr_Clear();  /* out of memory: the message is lost */
+            }
+            Py_DECREF(mark);
+            return NULL;
+        }
+        if (value == NULL) {
+            ioserver_channel_release_slot(src);
+            return pair(src, mark);
+        }
+        if (mark == SENT) {
+            Py_DECREF(mark);
+            return pair(src, Py_NewRef(Py_None));
+        }
+        if (mark == CLOSED) {
+            Py_DECREF(mark);
+            raise_closed(src, value);
+            return NULL;
+        }
+        int r = ioserver_channel_claimed_send(src, value, mark);
+        Py_DECREF(mark);
+        if (r == 1) {
+            return pair(src, Py_NewRef(Py_None));
+        }
+        if (r == -1) {
+            raise_closed(src, value);
             return NULL;
         }
         if (r == -2) {
             return NULL;
         }
     }
-    if (timeout != Py_None) {
-        double t = PyFloat_AsDouble(timeout);
-        if (t == -1.0 && PyErr_Occurred()) {
-            return NULL;
-        }
-        if (t <= 0) {
-            PyErr_SetString(PyExc_TimeoutError, "select timed out");
-            return NULL;
-        }
-    }
-    return slow(args, nargs, kwnames);
 }
 
 static PyObject *

@@ -22,7 +22,7 @@ import pytest
 from conftest import wait_until
 
 from ioserver import channel as channel_module
-from ioserver import sched
+from ioserver import sched, select
 from ioserver._core import native
 from ioserver.channel import Channel, ChannelClosed, Empty, Full, PyChannel
 
@@ -360,11 +360,43 @@ def test_a_handler_that_raises_ends_a_parked_send_which_stored_nothing(capacity:
 
 
 @needs_main
+@pytest.mark.timeout(30)
+def test_a_handler_that_raises_ends_a_parked_native_select_with_no_entry_left() -> None:
+    a: Channel[Any] = Channel()
+    b: Channel[Any] = Channel(1)
+    b.send("full")
+
+    def handler(*args: Any) -> None:
+        raise Interrupt
+
+    old = signal.signal(signal.SIGUSR1, handler)
+    try:
+        t = _signal_main_after(0.05)
+        with pytest.raises(Interrupt):
+            select(a, (b, "never"), timeout=T)
+        t.join(T)
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+    for ch in (a, b):
+        stats = ch.statistics()
+        assert (stats.waiting_receivers, stats.waiting_senders) == (0, 0)
+    assert b.try_recv() == "full"
+    with pytest.raises(Empty):
+        b.try_recv()  # the interrupted select's send stored nothing
+
+
+@needs_main
 @pytest.mark.timeout(60)
-def test_interrupt_storm_loses_and_duplicates_nothing() -> None:
+@pytest.mark.parametrize("how", ["recv", "select"])
+def test_interrupt_storm_loses_and_duplicates_nothing(how: str) -> None:
     """A thread sends a numbered stream to the main thread, which is signalled at
-    random; a handler that raises about half the time. Every message arrives once."""
+    random; a handler that raises about half the time. Every message arrives once
+    (through recv, or through select, in C, over the stream and an idle channel)."""
     ch: Channel[Any] = Channel(2)
+    idle: Channel[Any] = Channel()
+    receive = (
+        (lambda: ch.recv(timeout=T)) if how == "recv" else (lambda: select(ch, idle, timeout=T)[1])
+    )
     n = 3000
     rng = random.Random(5)
     stop = threading.Event()
@@ -392,7 +424,7 @@ def test_interrupt_storm_loses_and_duplicates_nothing() -> None:
         pesterer.start()
         while len(got) < n:
             try:
-                got.append(ch.recv(timeout=T))
+                got.append(receive())
             except Interrupt:
                 pass
     finally:
@@ -402,6 +434,7 @@ def test_interrupt_storm_loses_and_duplicates_nothing() -> None:
         feeder.join(T)
         signal.signal(signal.SIGUSR1, old)
     assert got == list(range(n))
+    assert ch.statistics().waiting_receivers == idle.statistics().waiting_receivers == 0
 
 
 # -- fork ---------------------------------------------------------------------------------
