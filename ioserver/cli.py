@@ -586,7 +586,12 @@ def build_parser() -> ArgumentParser:
         )
         p.add_argument("--token", action=_RefuseToken, help=argparse.SUPPRESS)
         if name == "stats":
-            p.add_argument("--json", action="store_true", help="machine-readable output")
+            p.add_argument(
+                "--json",
+                action="store_true",
+                help="machine-readable output: the daemon's stats answer, this "
+                "command's own session left out of sessions and session_list",
+            )
         if name == "top":
             p.add_argument(
                 "--interval",

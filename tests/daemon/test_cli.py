@@ -526,3 +526,26 @@ def test_serve_over_tcp_takes_its_token_from_a_file_never_the_command_line() -> 
                 proc.wait(10)
     finally:
         shutil.rmtree(directory)
+
+
+def test_top_says_so_when_the_daemon_goes_away(daemon: DaemonProcess) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ioserver", "top", daemon.socket_path, "--interval", "0.1"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith("ioserver pid ")
+        assert daemon.stop() == 0
+        proc.stdout.read()
+        assert proc.wait(20) == 1
+        err = proc.stderr.read()
+        assert err.startswith(f"ioserver: lost the daemon at {daemon.socket_path}"), err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
