@@ -165,12 +165,27 @@ post_run(Post *p)
     }
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
+    int interrupted = 0;
     for (Py_ssize_t i = 0; i < p->wake.n; i++) {
-        PyObject *r = PyObject_CallMethodNoArgs(p->wake.items[i], str_unpark);
-        if (r == NULL) {
+        /* The handle is claimed and holds its payload: its unpark must run,
+         * or the sleeper never wakes (and its message is lost). A Python
+         * unpark can be cut by a signal handler (main thread): run it again
+         * (unpark is idempotent for the sleeper) and re-arm the Ctrl-C, which
+         * is then raised right after this call returns. */
+        for (int tries = 0;; tries++) {
+            PyObject *r = PyObject_CallMethodNoArgs(p->wake.items[i], str_unpark);
+            if (r != NULL) {
+                Py_DECREF(r);
+                break;
+            }
+            if (tries < 8 && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+                PyErr_Clear();
+                interrupted = 1;
+                continue;
+            }
             PyErr_WriteUnraisable(p->wake.items[i]);
+            break;
         }
-        Py_XDECREF(r);
         Py_DECREF(p->wake.items[i]);
     }
     if (p->watchers != NULL) {
@@ -196,6 +211,9 @@ post_run(Post *p)
     objlist_init(&p->wake);
     objlist_init(&p->trash);
     PyErr_Restore(et, ev, tb);
+    if (interrupted) {
+        PyErr_SetInterrupt();
+    }
 }
 
 /* ---- the ring buffer -------------------------------------------------------------- */
@@ -385,6 +403,11 @@ step_begin(Channel *ch, Post *p)
         }
         while (ch->sendq.len) {
             entry_trash(p, waitq_pop(&ch->sendq));
+        }
+        if (ch->kind == BOUNDED) {
+            /* Slots that woken parties of the parent's other threads held (a
+             * receiver handed a message, a sender handed SLOT) died with them. */
+            ch->room = ch->capacity > ch->rlen ? ch->capacity - ch->rlen : 0;
         }
         ch->gen = ioserver_fork_gen;
     }
@@ -739,7 +762,12 @@ parse_deadline(PyObject *timeout, long long *deadline)
     if (t == -1.0 && PyErr_Occurred()) {
         return -1;
     }
-    *deadline = t > 0 ? now_us() + (long long)(t * 1e6) + 1 : 0;
+    if (t != t) {
+        PyErr_SetString(PyExc_ValueError, "timeout is NaN");
+        return -1;
+    }
+    /* > ~31 years: no deadline (avoids float->int and now+t overflow, UB). */
+    *deadline = t > 1e9 ? -1 : t > 0 ? now_us() + (long long)(t * 1e6) + 1 : 0;
     return 0;
 }
 
@@ -753,6 +781,47 @@ enum { PARKED_WOKEN, PARKED_TIMEOUT, PARKED_RETRY, PARKED_ERROR };
 static int
 park(Channel *ch, PyObject *h, long long deadline, int *woken_then_error)
 {
+    *woken_then_error = 0;
+    Post p;
+    post_init(&p);
+    if (ioserver_native_unpark_ok(h)) {
+        /* Main thread: a signal that arrived since the caller's last check
+         * (the GIL yield of a fed_by_loop recv, the GC allocation of h, the
+         * step) would not interrupt a wait that starts after it: look first. */
+        int check_first = ioserver_is_main_thread();
+        for (;;) {
+            long long us = deadline < 0 ? -1 : 0;
+            if (deadline > 0) {
+                us = deadline - now_us();
+                if (us < 0) {
+                    us = 0;
+                }
+            }
+            int r = check_first ? IOSERVER_PARK_INTR : ioserver_tw_wait(h, us);
+            check_first = 0;
+            if (r == IOSERVER_PARK_WOKEN) {
+                return PARKED_WOKEN;
+            }
+            if (r == IOSERVER_PARK_TIMEOUT) {
+                drop(ch, h, &p);
+                post_run(&p);
+                return PARKED_TIMEOUT;
+            }
+            /* Interrupted by a signal: run the handlers while still queued, so
+             * a handler that returns costs us nothing (not our place either). */
+            if (PyErr_CheckSignals() == 0) {
+                continue;  /* a wakeup that came meanwhile is consumed by the wait */
+            }
+            if (ioserver_claim(h)) {
+                drop(ch, h, &p);
+                post_run(&p);
+                return PARKED_ERROR;
+            }
+            ioserver_tw_consume(h);  /* a waker won: the caller undoes its wakeup */
+            *woken_then_error = 1;
+            return PARKED_ERROR;
+        }
+    }
     long long us = deadline < 0 ? -1 : 0;
     if (deadline > 0) {
         us = deadline - now_us();
@@ -760,36 +829,13 @@ park(Channel *ch, PyObject *h, long long deadline, int *woken_then_error)
             us = 0;
         }
     }
-    *woken_then_error = 0;
-    Post p;
-    post_init(&p);
-    if (ioserver_native_unpark_ok(h)) {
-        int r = ioserver_tw_wait(h, us);
-        if (r == IOSERVER_PARK_WOKEN) {
-            return PARKED_WOKEN;
-        }
-        if (r == IOSERVER_PARK_TIMEOUT) {
-            drop(ch, h, &p);
-            post_run(&p);
-            return PARKED_TIMEOUT;
-        }
-        /* Interrupted by a signal. */
-        if (ioserver_claim(h)) {
-            drop(ch, h, &p);
-            post_run(&p);
-            return PyErr_CheckSignals() < 0 ? PARKED_ERROR : PARKED_RETRY;
-        }
-        ioserver_tw_consume(h);  /* a waker won: the operation completed */
-        return PARKED_WOKEN;
-    }
     /* park/unpark replaced at run time (a test's hooks): go through them. */
     PyObject *t = deadline < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(us / 1e6);
-    if (t == NULL) {
-        return PARKED_ERROR;  /* nothing registered can be left: claim and withdraw */
-    }
-    PyObject *r = PyObject_CallMethodOneArg(h, str_park, t);
-    Py_DECREF(t);
-    if (r == NULL) {
+    PyObject *r = t == NULL ? NULL : PyObject_CallMethodOneArg(h, str_park, t);
+    Py_XDECREF(t);
+    int ok = r == NULL ? -1 : PyObject_IsTrue(r);
+    Py_XDECREF(r);
+    if (ok < 0) {
         if (ioserver_claim(h)) {
             drop(ch, h, &p);
             post_run(&p);
@@ -805,8 +851,6 @@ park(Channel *ch, PyObject *h, long long deadline, int *woken_then_error)
         *woken_then_error = 1;
         return PARKED_ERROR;
     }
-    int ok = PyObject_IsTrue(r);
-    Py_DECREF(r);
     if (ok) {
         return PARKED_WOKEN;
     }
@@ -1244,14 +1288,14 @@ op_new(Channel *ch, PyObject *value, PyObject *timeout)
     if (op_nfree > 0) {
         op = op_free[--op_nfree];
         _Py_NewReference((PyObject *)op);  /* refcount 1, as a fresh object */
+        Py_INCREF(OpType);  /* _Py_NewReference does not take the type's reference */
     }
     else {
-        op = PyObject_GC_New(Op, OpType);
+        op = PyObject_GC_New(Op, OpType);  /* PyObject_Init increfs a heap type */
         if (op == NULL) {
             return NULL;
         }
     }
-    Py_INCREF(OpType);  /* a heap type's instances own it */
     op->ch = Py_NewRef((PyObject *)ch);
     op->value = Py_XNewRef(value);
     op->timeout = Py_NewRef(timeout);

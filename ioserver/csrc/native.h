@@ -42,6 +42,12 @@ typedef struct {
 typedef struct {
     PyThread_type_lock lock;
     Py_ssize_t refs;
+    /* Releases taken by a wait on a handle that was not the one unparked (a
+     * nested block of the same thread: a signal handler, a __del__ or a
+     * callback that blocks between an outer block's registration and its
+     * park). Each belongs to an unparked, unconsumed handle of the thread,
+     * which takes it from here instead of from the lock. */
+    Py_ssize_t banked;
 } ioserver_ParkLock;
 
 typedef struct {

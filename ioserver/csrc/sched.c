@@ -106,6 +106,7 @@ parklock_get(void)
     }
     PyThread_acquire_lock(pl->lock, WAIT_LOCK);  /* held while not parked */
     pl->refs = 1;  /* the thread's: moved into the capsule below */
+    pl->banked = 0;
     capsule = PyCapsule_New(pl, "ioserver.parklock", parklock_capsule_free);
     if (capsule == NULL) {
         PyThread_free_lock(pl->lock);
@@ -309,7 +310,7 @@ ioserver_tw_new(int selfstore)
     if (tw == NULL) {
         return NULL;
     }
-    Py_INCREF(ioserver_ThreadWakeupType);  /* a heap type's instances own it */
+    /* PyObject_GC_New already took the instance's reference to its heap type. */
     tw->base.value = Py_NewRef(Py_None);
     tw->base.index = 0;
     tw->base.claimed = 0;
@@ -355,7 +356,12 @@ tw_dealloc(ioserver_ThreadWakeup *self)
         if (self->unparked && !self->consumed) {
             /* Woken, but nobody parked to take the release: take it now, so
              * the thread's next park does not return at once. */
-            PyThread_acquire_lock(self->park->lock, NOWAIT_LOCK);
+            if (self->park->banked > 0) {
+                self->park->banked--;
+            }
+            else {
+                PyThread_acquire_lock(self->park->lock, NOWAIT_LOCK);
+            }
         }
         parklock_decref(self->park);
         self->park = NULL;
@@ -368,15 +374,26 @@ tw_dealloc(ioserver_ThreadWakeup *self)
 static PyObject *
 tw_unpark_meth(PyObject *self, PyObject *unused)
 {
+    ioserver_ThreadWakeup *tw = (ioserver_ThreadWakeup *)self;
+    if (!tw->base.claimed || tw->unparked) {
+        /* A second release would leave the park lock's semaphore at 2: the
+         * thread's next park would return at once. */
+        PyErr_SetString(PyExc_RuntimeError,
+                        tw->unparked ? "ThreadWakeup already unparked"
+                                     : "unpark() without a won claim()");
+        return NULL;
+    }
     ioserver_tw_unpark(self);
     Py_RETURN_NONE;
 }
+
+static long long now_us(void);
 
 int
 ioserver_tw_wait(PyObject *h, long long us)
 {
     ioserver_ThreadWakeup *tw = (ioserver_ThreadWakeup *)h;
-    PyThread_type_lock lock = tw->park->lock;  /* kept alive by tw's reference */
+    ioserver_ParkLock *pl = tw->park;  /* kept alive by tw's reference */
     PyLockStatus r;
     if (us < 0) {
         us = -1;
@@ -384,21 +401,51 @@ ioserver_tw_wait(PyObject *h, long long us)
     else if (us > PY_TIMEOUT_MAX) {
         us = PY_TIMEOUT_MAX;
     }
-    if (us == 0) {
-        r = PyThread_acquire_lock_timed(lock, 0, 0);
+    long long end = us > 0 ? now_us() + us : 0;
+    for (;;) {
+        if (tw->unparked && pl->banked > 0) {
+            pl->banked--;  /* a nested wait took our release for us */
+            tw->consumed = 1;
+            return IOSERVER_PARK_WOKEN;
+        }
+        if (us == 0) {
+            r = PyThread_acquire_lock_timed(pl->lock, 0, 0);
+        }
+        else {
+            /* Only the main thread runs signal handlers: elsewhere an EINTR
+             * (a signal the kernel delivered to this thread) must not end
+             * the wait, or the caller withdraws and re-queues at the tail. */
+            int intr = ioserver_is_main_thread();
+            Py_BEGIN_ALLOW_THREADS
+            r = PyThread_acquire_lock_timed(pl->lock, (PY_TIMEOUT_T)us, intr);
+            Py_END_ALLOW_THREADS
+        }
+        if (r == PY_LOCK_ACQUIRED) {
+            if (!tw->unparked) {
+                /* Another handle's release (its unpark set `unparked` under
+                 * the GIL with the release): keep it for that handle, and
+                 * wait on for ours. */
+                pl->banked++;
+                if (us > 0) {
+                    us = end - now_us();
+                    if (us < 0) {
+                        us = 0;
+                    }
+                }
+                if (us != 0) {
+                    continue;
+                }
+                goto timed_out;
+            }
+            tw->consumed = 1;
+            return IOSERVER_PARK_WOKEN;
+        }
+        if (r == PY_LOCK_INTR) {
+            return IOSERVER_PARK_INTR;
+        }
+        break;
     }
-    else {
-        Py_BEGIN_ALLOW_THREADS
-        r = PyThread_acquire_lock_timed(lock, (PY_TIMEOUT_T)us, 1);
-        Py_END_ALLOW_THREADS
-    }
-    if (r == PY_LOCK_ACQUIRED) {
-        tw->consumed = 1;
-        return IOSERVER_PARK_WOKEN;
-    }
-    if (r == PY_LOCK_INTR) {
-        return IOSERVER_PARK_INTR;
-    }
+timed_out:
     if (ioserver_claim(h)) {
         return IOSERVER_PARK_TIMEOUT;  /* nobody can wake the handle any more */
     }
@@ -412,16 +459,26 @@ void
 ioserver_tw_consume(PyObject *h)
 {
     ioserver_ThreadWakeup *tw = (ioserver_ThreadWakeup *)h;
-    if (tw->consumed) {
-        return;
+    ioserver_ParkLock *pl = tw->park;
+    /* Called only once a waker has claimed h: its release came or comes. */
+    while (!tw->consumed) {
+        if (tw->unparked && pl->banked > 0) {
+            pl->banked--;
+            tw->consumed = 1;
+            return;
+        }
+        if (!PyThread_acquire_lock(pl->lock, NOWAIT_LOCK)) {
+            Py_BEGIN_ALLOW_THREADS
+            PyThread_acquire_lock(pl->lock, WAIT_LOCK);
+            Py_END_ALLOW_THREADS
+        }
+        if (tw->unparked) {
+            tw->consumed = 1;
+        }
+        else {
+            pl->banked++;  /* another handle's release: keep it for that one */
+        }
     }
-    PyThread_type_lock lock = tw->park->lock;
-    if (!PyThread_acquire_lock(lock, NOWAIT_LOCK)) {
-        Py_BEGIN_ALLOW_THREADS
-        PyThread_acquire_lock(lock, WAIT_LOCK);
-        Py_END_ALLOW_THREADS
-    }
-    tw->consumed = 1;
 }
 
 /* Monotonic microseconds. */
@@ -448,7 +505,12 @@ tw_park(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (t == -1.0 && PyErr_Occurred()) {
             return NULL;
         }
-        deadline = t > 0 ? now_us() + (long long)(t * 1e6) : 0;
+        if (t != t) {
+            PyErr_SetString(PyExc_ValueError, "timeout is NaN");
+            return NULL;
+        }
+        /* > ~31 years: no deadline (avoids float->int and now+t overflow, UB). */
+        deadline = t > 1e9 ? -1 : t > 0 ? now_us() + (long long)(t * 1e6) : 0;
     }
     if (tw->consumed) {
         Py_RETURN_TRUE;  /* woken already (a second park of the same block) */
