@@ -49,8 +49,8 @@
 /* Wakeups in a row that find nothing before the loop is said to spin
  * (wakeup.SPIN_THRESHOLD; the Python subclass logs it). */
 #define SPIN_THRESHOLD 512
-/* The ring starts this big and shrinks back to it when a drain empties it
- * while it holds more than SHRINK_ABOVE slots (a burst's memory is returned). */
+/* The ring starts this big; one bigger than SHRINK_ABOVE slots may shrink when
+ * a drain empties it (see ring_maybe_shrink: a burst's memory is returned). */
 #define RING_INITIAL 64
 #define SHRINK_ABOVE 8192
 
@@ -67,6 +67,7 @@ typedef struct {
     Py_ssize_t mask; /* capacity - 1 (capacity is a power of two) */
     Py_ssize_t head;
     Py_ssize_t count;
+    Py_ssize_t peak; /* the most queued since the ring was last empty */
     /* The drain-pending token: 1 while a pipe byte is in flight or a drain is
      * scheduled with call_soon. Taken and released only inside steps. */
     int token;
@@ -146,7 +147,9 @@ ring_push(RequestQueue *self, PyObject *fn, PyObject *args, PyObject *reject)
     slot->fn = fn;
     slot->args = args;
     slot->reject = reject;
-    self->count++;
+    if (++self->count > self->peak) {
+        self->peak = self->count;
+    }
 }
 
 /* Take the oldest request (count > 0): its references move to the caller. */
@@ -161,22 +164,31 @@ ring_pop(RequestQueue *self)
     return request;
 }
 
-/* An empty ring that grew for a burst goes back to its first size (a step:
- * frees memory only). Keeps the big one if the small one can't be had. */
+/* The drain emptied the ring (a step: frees memory only). A ring that grew
+ * for a burst shrinks once a whole busy period (empty to empty) used less than
+ * an eighth of it, to twice that period's peak; a steady flood keeps its ring
+ * (shrinking at every empty made a flood regrow it, copies and page faults:
+ * ~8% of its time here). Keeps the big one if the small one can't be had. */
 static void
 ring_maybe_shrink(RequestQueue *self)
 {
-    if (self->count || self->mask + 1 <= SHRINK_ABOVE) {
+    Py_ssize_t capacity = self->mask + 1, peak = self->peak;
+    self->peak = 0;
+    if (self->count || capacity <= SHRINK_ABOVE || peak >= capacity / 8) {
         return;
     }
-    Request *small = PyMem_Malloc(RING_INITIAL * sizeof(Request));
+    Py_ssize_t want = RING_INITIAL;
+    while (want < 2 * peak) {
+        want *= 2;
+    }
+    Request *small = PyMem_Malloc(want * sizeof(Request));
     if (small == NULL) {
         return;
     }
     PyMem_Free(self->ring);
     self->ring = small;
     self->head = 0;
-    self->mask = RING_INITIAL - 1;
+    self->mask = want - 1;
 }
 
 /* -- the pipe ------------------------------------------------------------------------- */
