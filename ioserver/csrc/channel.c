@@ -903,7 +903,7 @@ recv_impl(Channel *ch, long long deadline, int nowait)
             Py_END_ALLOW_THREADS
             continue;
         }
-        PyObject *h = ioserver_tw_new(0);  /* owned; made before the step (a GC allocation) */
+        PyObject *h = ioserver_tw_get(0);  /* owned; made before the step (a GC allocation) */
         if (h == NULL) {
             return NULL;
         }
@@ -928,21 +928,21 @@ recv_impl(Channel *ch, long long deadline, int nowait)
         int woken_then_error;
         int pr = park(ch, h, deadline, &woken_then_error);
         if (pr == PARKED_TIMEOUT) {
-            Py_DECREF(h);
+            ioserver_tw_put(h);
             PyErr_SetString(PyExc_TimeoutError, "recv timed out");
             return NULL;
         }
         if (pr == PARKED_RETRY) {
-            Py_DECREF(h);
+            ioserver_tw_put(h);
             continue;
         }
         if (pr == PARKED_ERROR && !woken_then_error) {
-            Py_DECREF(h);
+            ioserver_tw_put(h);
             return NULL;
         }
         /* Woken: the payload is a message, or RETRY. */
         v = Py_NewRef(payload_value(h));
-        Py_DECREF(h);
+        ioserver_tw_put(h);
         if (v == RETRY) {
             Py_DECREF(v);
             if (pr == PARKED_ERROR) {
@@ -1000,7 +1000,7 @@ send_impl(Channel *ch, PyObject *value, long long deadline, int nowait)
         if (selfstore < 0) {
             selfstore = ioserver_is_main_thread();
         }
-        PyObject *h = ioserver_tw_new(selfstore);  /* owned; made before the step */
+        PyObject *h = ioserver_tw_get(selfstore);  /* owned; made before the step */
         if (h == NULL) {
             return NULL;
         }
@@ -1029,20 +1029,20 @@ send_impl(Channel *ch, PyObject *value, long long deadline, int nowait)
         int woken_then_error;
         int pr = park(ch, h, deadline, &woken_then_error);
         if (pr == PARKED_TIMEOUT) {
-            Py_DECREF(h);
+            ioserver_tw_put(h);
             PyErr_SetString(PyExc_TimeoutError, "send timed out");
             return NULL;
         }
         if (pr == PARKED_RETRY) {
-            Py_DECREF(h);
+            ioserver_tw_put(h);
             continue;
         }
         if (pr == PARKED_ERROR && !woken_then_error) {
-            Py_DECREF(h);
+            ioserver_tw_put(h);
             return NULL;
         }
         PyObject *mark = payload_value(h);  /* a mark: immortal for our purposes */
-        Py_DECREF(h);
+        ioserver_tw_put(h);
         if (mark == SENT) {
             if (pr == PARKED_ERROR) {
                 PyErr_Clear();  /* the message was stored: the send happened */

@@ -48,6 +48,7 @@ typedef struct {
      * park). Each belongs to an unparked, unconsumed handle of the thread,
      * which takes it from here instead of from the lock. */
     Py_ssize_t banked;
+    PyObject *cached;  /* owned: a ThreadWakeup the native core reuses (ioserver_tw_get) */
 } ioserver_ParkLock;
 
 typedef struct {
@@ -98,6 +99,15 @@ void ioserver_tw_unpark(PyObject *h);
 int ioserver_is_main_thread(void);
 /* A new ThreadWakeup for the calling thread, or NULL with an exception. */
 PyObject *ioserver_tw_new(int selfstore);
+/* A ThreadWakeup for a park of the native core itself (a new reference): the
+ * calling thread's cached one when nothing else refers to it any more (so no
+ * queue holds it and no waker can reach it), reset; else a new one, cached.
+ * It never escapes to Python code, so its reuse is invisible; it spares each
+ * park a GC allocation (which counts towards the collector's thresholds). */
+PyObject *ioserver_tw_get(int selfstore);
+/* Done with a handle from ioserver_tw_get (its payload copied out): drop its
+ * payload, so the cached handle keeps no message alive, and the reference. */
+void ioserver_tw_put(PyObject *h);
 /* How a native park ended. */
 enum { IOSERVER_PARK_WOKEN = 0, IOSERVER_PARK_TIMEOUT = 1, IOSERVER_PARK_INTR = 2 };
 /* Wait on a native ThreadWakeup up to `us` microseconds (-1: no limit), the

@@ -64,6 +64,9 @@ parklock_capsule_free(PyObject *capsule)
     if (PyThread_tss_get(&park_key) == pl) {
         PyThread_tss_set(&park_key, NULL);
     }
+    PyObject *cached = pl->cached;  /* its handle holds a ref on pl: drop it first */
+    pl->cached = NULL;
+    Py_XDECREF(cached);
     parklock_decref(pl);
 }
 
@@ -107,6 +110,7 @@ parklock_get(void)
     PyThread_acquire_lock(pl->lock, WAIT_LOCK);  /* held while not parked */
     pl->refs = 1;  /* the thread's: moved into the capsule below */
     pl->banked = 0;
+    pl->cached = NULL;
     capsule = PyCapsule_New(pl, "ioserver.parklock", parklock_capsule_free);
     if (capsule == NULL) {
         PyThread_free_lock(pl->lock);
@@ -321,6 +325,47 @@ ioserver_tw_new(int selfstore)
     tw->selfstore = (char)selfstore;
     PyObject_GC_Track(tw);
     return (PyObject *)tw;
+}
+
+PyObject *
+ioserver_tw_get(int selfstore)
+{
+    ioserver_ParkLock *pl = parklock_get();  /* borrowed */
+    if (pl == NULL) {
+        return NULL;
+    }
+    ioserver_ThreadWakeup *tw = (ioserver_ThreadWakeup *)pl->cached;
+    if (tw != NULL && Py_REFCNT(tw) == 1 && !(tw->unparked && !tw->consumed)) {
+        /* Only the cache refers to it (no queue, no waker) and no release of
+         * its is outstanding: reset it. */
+        PyObject *old = tw->base.value;
+        tw->base.value = Py_NewRef(Py_None);
+        tw->base.index = 0;
+        tw->base.claimed = tw->base.has_index = 0;
+        tw->unparked = tw->consumed = tw->self_claimed = 0;
+        tw->selfstore = (char)selfstore;
+        Py_DECREF(old);  /* a message or a mark the last park left (not in a step) */
+        return Py_NewRef((PyObject *)tw);
+    }
+    PyObject *h = ioserver_tw_new(selfstore);
+    if (h == NULL) {
+        return NULL;
+    }
+    if (pl->cached == NULL) {
+        pl->cached = Py_NewRef(h);  /* the cache's reference */
+    }
+    return h;
+}
+
+void
+ioserver_tw_put(PyObject *h)
+{
+    ioserver_Handle *hd = (ioserver_Handle *)h;
+    PyObject *old = hd->value;
+    hd->value = Py_NewRef(Py_None);
+    hd->has_index = 0;
+    Py_DECREF(old);
+    Py_DECREF(h);
 }
 
 static PyObject *

@@ -176,12 +176,12 @@ native_select(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObje
         if (is_main < 0) {
             is_main = ioserver_is_main_thread();
         }
-        PyObject *h = ioserver_tw_new(is_main);  /* owned */
+        PyObject *h = ioserver_tw_get(is_main);  /* owned */
         if (h == NULL) {
             return NULL;
         }
         if (!ioserver_native_unpark_ok(h)) {
-            Py_DECREF(h);  /* park/unpark replaced (a test's hooks): go through them */
+            ioserver_tw_put(h);  /* park/unpark replaced (a test's hooks): go through them */
             return slow(args, nargs, kwnames);
         }
         int park_now = 1;
@@ -192,7 +192,7 @@ native_select(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObje
             int r = ioserver_channel_register(src, h, i, value);
             if (r < 0) {
                 unregister_all(args, nargs, h);
-                Py_DECREF(h);
+                ioserver_tw_put(h);
                 return NULL;
             }
             if (r == 0) {
@@ -204,7 +204,7 @@ native_select(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObje
         }
         if (!park_now) {
             unregister_all(args, nargs, h);
-            Py_DECREF(h);
+            ioserver_tw_put(h);
             continue;  /* poll again */
         }
         /* Step 3: park. */
@@ -212,7 +212,7 @@ native_select(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObje
         if (w == IOSERVER_PARK_INTR) {
             if (ioserver_claim(h)) {
                 unregister_all(args, nargs, h);
-                Py_DECREF(h);
+                ioserver_tw_put(h);
                 if (PyErr_CheckSignals() < 0) {
                     return NULL;  /* nothing happened */
                 }
@@ -224,14 +224,14 @@ native_select(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObje
         /* Step 4: unregister, then finish. */
         unregister_all(args, nargs, h);
         if (w == IOSERVER_PARK_TIMEOUT) {
-            Py_DECREF(h);
+            ioserver_tw_put(h);
             PyErr_SetString(PyExc_TimeoutError, "select timed out");
             return NULL;
         }
         ioserver_Handle *hd = (ioserver_Handle *)h;
         Py_ssize_t index = hd->index;
         PyObject *mark = Py_NewRef(hd->value);  /* a mark, or the message */
-        Py_DECREF(h);
+        ioserver_tw_put(h);
         if (mark == RETRY) {
             Py_DECREF(mark);
             continue;

@@ -147,6 +147,26 @@ def test_a_channel_in_a_cycle_with_its_message_is_collected() -> None:
     assert chref() is None
 
 
+@pytest.mark.parametrize("how", ["recv", "select"])
+def test_a_handed_over_message_is_not_kept_by_the_parked_receiver(how: str) -> None:
+    """The native core reuses one handle per thread for its parks: it must not
+    keep the last message handed over alive."""
+    ch: Channel[Any] = Channel()
+    idle: Channel[Any] = Channel()
+
+    def later() -> None:
+        time.sleep(0.05)
+        ch.send(Msg())
+
+    t = threading.Thread(target=later)
+    t.start()
+    m = ch.recv(timeout=T) if how == "recv" else select(ch, idle, timeout=T)[1]
+    t.join(T)
+    ref = weakref.ref(m)
+    del m
+    assert ref() is None
+
+
 def test_parked_receiver_timeout_leaves_no_reference_to_its_handle() -> None:
     ch: Channel[Any] = Channel()
     before = len(gc.get_objects())
