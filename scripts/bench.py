@@ -92,6 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     common.add_argument(
         "--timeout", type=float, default=30.0, help="seconds per run before 'timeout' (30)"
     )
+    common.add_argument(
+        "--cores",
+        choices=("current", "both"),
+        default="current",
+        help="current: the core this process runs (IOSERVER_PURE=1 forces pure Python); "
+        "both: run the suite on the native core, then on pure Python, and set their "
+        "targets side by side",
+    )
     parser = argparse.ArgumentParser(
         description="ioserver benchmarks: every contender in one process, rotated rounds. "
         "Options go after the suite: bench.py channels --quick (see bench.py SUITE --help).",
@@ -110,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         contender=args.contender,
     )
     chosen = SUITES[args.suite]
+    if args.cores == "both":
+        return run_both_cores(chosen.name, args)
     info = machine_info()
     print(machine_line(info), flush=True)
     progress(f"suite {chosen.name}: rounds={cfg.rounds} N={cfg.n}")
@@ -144,6 +154,50 @@ def main(argv: Sequence[str] | None = None) -> int:
             ],
         }
         Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+def run_both_cores(suite: str, args: argparse.Namespace) -> int:
+    """Run ``suite`` in a child process per core (native, then pure Python), each printing
+    its own table, then print every target's verdict on both cores side by side."""
+    import subprocess
+    import tempfile
+
+    forwarded = [suite, "--timeout", str(args.timeout)]
+    for flag, value in (("--rounds", args.rounds), ("--n", args.n)):
+        if value:
+            forwarded += [flag, str(value)]
+    if args.quick:
+        forwarded.append("--quick")
+    if args.only:
+        forwarded += ["--only", args.only]
+    if args.contender:
+        forwarded += ["--contender", args.contender]
+    payloads: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for core in ("native", "python"):
+            env = {k: v for k, v in os.environ.items() if k != "IOSERVER_PURE"}
+            if core == "python":
+                env["IOSERVER_PURE"] = "1"
+            out = os.path.join(tmp, f"{core}.json")
+            progress(f"cores: {suite} on the {core} core")
+            done = subprocess.run(
+                [sys.executable, __file__, *forwarded, "--json", out], env=env, check=False
+            )
+            if done.returncode != 0 or not os.path.exists(out):
+                print(f"bench: the {core} run failed (exit {done.returncode})", file=sys.stderr)
+                return 1
+            payloads[core] = json.loads(Path(out).read_text())
+    cores = [p["machine"]["core"] for p in payloads.values()]  # type: ignore[index]
+    print(f"\ntargets ({suite}, both cores; the runs above: {' then '.join(cores)}):")
+    print(f"  {'target':<46} {'native':<18} python")
+    native_targets = payloads["native"]["targets"]
+    python_targets = payloads["python"]["targets"]
+    for n_t, p_t in zip(native_targets, python_targets, strict=True):  # type: ignore[call-overload]
+        cells = [f"{t['verdict'].strip()} {t['measured']}" for t in (n_t, p_t)]
+        print(f"  {n_t['label']:<46} {cells[0]:<18} {cells[1]}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(payloads, indent=2) + "\n")
     return 0
 
 
