@@ -257,13 +257,18 @@ class StreamPortTests:
     ) -> None:
         _, client, conn = self.pair(io, family, packet=packet)
         frames = sample_frames(packet, 200)
-        for frame in frames:
-            client.send(frame)
-        got = receive_frames(conn, packet, frames)
-        assert got == normalise(packet, frames)
-        for frame in frames:
-            conn.send(frame)
-        assert receive_frames(client, packet, frames) == normalise(packet, frames)
+        # Each direction is sent from a helper thread while this one receives: the
+        # receiving port's inbox is bounded (64), and once it is full the loop stops
+        # reading, so a sender that had to finish first could fill every buffer in
+        # between and park for ever (how much those hold depends on how the writes
+        # and reads happen to be cut).
+        for sender, receiver in ((client, conn), (conn, client)):
+            out = threading.Thread(target=lambda s=sender: [s.send(f) for f in frames], daemon=True)
+            out.start()
+            got = receive_frames(receiver, packet, frames)
+            out.join(T)
+            assert not out.is_alive()
+            assert got == normalise(packet, frames)
 
     # -- packet modes against a plain peer ------------------------------------------
 
