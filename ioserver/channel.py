@@ -179,6 +179,25 @@ _CLOSED = _Mark("CLOSED")  # the channel closed while the sender was parked
 _NOTHING = _Mark("NOTHING")  # select protocol: the operation is not ready
 
 
+def _iterate(ch: Any) -> Iterator[Any]:
+    """A channel's ``__iter__`` (both cores): receive until it is closed and drained."""
+    recv = ch.recv
+    try:
+        while True:
+            yield recv()
+    except ChannelClosed:
+        return
+
+
+async def _aiterate(ch: Any) -> AsyncIterator[Any]:
+    """A channel's ``__aiter__`` (both cores): receive until it is closed and drained."""
+    try:
+        while True:
+            yield await ch.arecv()
+    except ChannelClosed:
+        return
+
+
 class _NoOne(deque[Any]):
     """The shared empty queue of a channel nobody is parked on. An empty deque
     costs 760 bytes, four per channel, and most channels (every idle port's
@@ -335,20 +354,11 @@ class PyChannel(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         """Receive until the channel is closed and drained."""
-        recv = self.recv
-        try:
-            while True:
-                yield recv()
-        except ChannelClosed:
-            return
+        return _iterate(self)
 
-    async def __aiter__(self) -> AsyncIterator[T]:
+    def __aiter__(self) -> AsyncIterator[T]:
         """Receive (async) until the channel is closed and drained."""
-        try:
-            while True:
-                yield await self.arecv()
-        except ChannelClosed:
-            return
+        return _aiterate(self)
 
     # -- operations each flavour defines --------------------------------------------
 
@@ -1287,20 +1297,11 @@ if native is not None:
 
         def __iter__(self) -> Iterator[T]:
             """Receive until the channel is closed and drained."""
-            recv = self.recv
-            try:
-                while True:
-                    yield recv()
-            except ChannelClosed:
-                return
+            return _iterate(self)
 
-        async def __aiter__(self) -> AsyncIterator[T]:
+        def __aiter__(self) -> AsyncIterator[T]:
             """Receive (async) until the channel is closed and drained."""
-            try:
-                while True:
-                    yield await self.arecv()
-            except ChannelClosed:
-                return
+            return _aiterate(self)
 
         # arecv/asend are the base's: awaitables that act when first awaited, in
         # C when the operation completes at once, else through _arecv_sel/_asend_sel.
