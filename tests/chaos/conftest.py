@@ -15,7 +15,6 @@ put on ``sys.path`` here.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -27,32 +26,6 @@ import pytest
 
 _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE.parent / "daemon"))  # daemon_support
-
-# pytest imports every conftest.py of a directory without __init__.py as the module
-# "conftest", so this file replaces tests/conftest.py in sys.modules, where other test
-# files find their helpers (`from conftest import wait_until`): re-export them from a
-# private copy of that file, as tests/daemon/conftest.py does.
-_spec = importlib.util.spec_from_file_location(
-    "_ioserver_chaos_root_conftest", _HERE.parent / "conftest.py"
-)
-assert _spec is not None and _spec.loader is not None
-_root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root)
-Background = _root.Background
-LoopThread = _root.LoopThread
-await_until = _root.await_until
-loop_thread = _root.loop_thread
-run_threads = _root.run_threads
-wait_until = _root.wait_until
-
-__all__ = [
-    "Background",
-    "LoopThread",
-    "await_until",
-    "loop_thread",
-    "run_threads",
-    "wait_until",
-]
 
 _FIGURES: dict[str, dict[str, Any]] = {}
 

@@ -13,41 +13,12 @@ sys.executable]``), ``limited_daemon`` (5 sessions, 3 ports per session,
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from daemon_support import DaemonProcess, EchoServer, stop_and_check
-
-# pytest imports every conftest.py of a directory without __init__.py as the module
-# "conftest", so this file takes tests/conftest.py's place in sys.modules, where the
-# other test files find their helpers (`from conftest import wait_until`). Re-export
-# them from a private copy of that file (its hooks and fixtures stay registered once,
-# from the original).
-_spec = importlib.util.spec_from_file_location(
-    "_ioserver_tests_conftest", Path(__file__).resolve().parent.parent / "conftest.py"
-)
-assert _spec is not None and _spec.loader is not None
-_root = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_root)
-Background = _root.Background
-LoopThread = _root.LoopThread
-await_until = _root.await_until
-loop_thread = _root.loop_thread
-run_threads = _root.run_threads
-wait_until = _root.wait_until
-
-__all__ = [
-    "Background",
-    "LoopThread",
-    "await_until",
-    "loop_thread",
-    "run_threads",
-    "wait_until",
-]
 
 SMALL_LIMITS = {"sessions": 5, "ports_per_session": 3, "max_message_bytes": 8192}
 

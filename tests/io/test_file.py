@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 
 from ioserver.channel import ChannelClosed
 from ioserver.drivers.file import DEFAULT_CHUNK_SIZE

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 
 from ioserver import Channel, ChannelClosed, Empty, select
 from ioserver.messages import Closed, Data, Error, Exited, Passive, Tick

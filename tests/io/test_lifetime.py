@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 
 from ioserver import Channel, IOServer
 from ioserver.drivers import timer

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import run_threads, wait_until
+from helpers import run_threads, wait_until
 
 from ioserver import wakeup
 from ioserver._core import NATIVE

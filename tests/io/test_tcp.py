@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 
 from ioserver import Channel, ChannelClosed
 from ioserver.framing import FrameError

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import run_threads, wait_until
+from helpers import run_threads, wait_until
 
 from ioserver.channel import Channel, ChannelClosed, Empty
 from ioserver.drivers import timer as timer_mod

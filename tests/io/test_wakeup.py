@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import run_threads, wait_until
+from helpers import run_threads, wait_until
 
 from ioserver.server import IOServer
 from ioserver.wakeup import ServerStopped

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from conftest import loop_thread, run_threads, wait_until
+from helpers import loop_thread, run_threads, wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 
 from ioserver import Channel, IOServer, select
 from ioserver import sched as sched_module

@@ -19,7 +19,7 @@ import weakref
 from typing import Any
 
 import pytest
-from conftest import wait_until
+from helpers import wait_until
 
 from ioserver import channel as channel_module
 from ioserver import sched, select

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import await_until, loop_thread, run_threads, wait_until
+from helpers import await_until, loop_thread, run_threads, wait_until
 
 from ioserver.sched import (
     AsyncTask,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import Background, await_until, loop_thread, run_threads, wait_until
+from helpers import Background, await_until, loop_thread, run_threads, wait_until
 
 from ioserver import Channel, ChannelClosed, Empty, Full, aselect, select
 from ioserver.sched import AsyncWakeup, ThreadWakeup
