@@ -179,6 +179,30 @@ _CLOSED = _Mark("CLOSED")  # the channel closed while the sender was parked
 _NOTHING = _Mark("NOTHING")  # select protocol: the operation is not ready
 
 
+class Closing:
+    """``with x:`` / ``async with x:`` close ``x`` on the way out (channels and ports)."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self: _C) -> _C:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_C = TypeVar("_C", bound=Closing)
+
+
 def _iterate(ch: Any) -> Iterator[Any]:
     """A channel's ``__iter__`` (both cores): receive until it is closed and drained."""
     recv = ch.recv
@@ -218,7 +242,7 @@ _Receiver = tuple[WakeupHandle, int]  # (handle, index of the op in its select)
 _Sender = tuple[WakeupHandle, int, Any]  # (handle, index, message)
 
 
-class PyChannel(Generic[T]):
+class PyChannel(Closing, Generic[T]):
     """A FIFO channel between any number of threads and coroutines, on any loops.
 
     ``Channel()`` is unbounded, ``Channel(capacity=N)`` holds at most N
@@ -1284,7 +1308,7 @@ async def _asend_sel(ch: Any, value: Any, timeout: float | None) -> None:
 if native is not None:
     from . import _native
 
-    class NativeChannel(_native.Channel, Generic[T]):
+    class NativeChannel(_native.Channel, Closing, Generic[T]):
         """The native channel (ioserver._native): the same contract as
         :class:`PyChannel`, every synchronous operation in C under the GIL.
 

@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .channel import NO_ONE, Channel
+from .channel import NO_ONE, Channel, Closing
 from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle
 from .wakeup import ServerStopped
 
@@ -62,7 +62,7 @@ class PortClosed(ConnectionError):
     """Raised by ``send`` on a port that was closed (by us, the peer, or the server)."""
 
 
-class Port:
+class Port(Closing):
     """An I/O resource whose events arrive as messages on its inbox channel.
 
     Receive with ``recv``/``arecv``/``for msg in port``/``select``; write with

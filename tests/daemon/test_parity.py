@@ -264,6 +264,18 @@ class TestPortParity:
         assert drain(conn) == [Closed(conn)]
         assert drain(accepted) == [Closed(accepted)]
 
+    def test_with_block_closes_the_port(self, io: Any) -> None:
+        """``with port:`` closes it on the way out, embedded and remote alike."""
+        listener, conn, accepted = pair(io)
+        with conn, listener:
+            conn.send(b"in the block")
+            assert accepted.recv(timeout=T) == Data(accepted, b"in the block")
+        with pytest.raises(PortClosed):
+            conn.send(b"late")
+        assert drain(conn) == [Closed(conn)]
+        assert drain(accepted) == [Closed(accepted)]
+        assert drain(listener)[-1] == Closed(listener)
+
     @pytest.mark.parametrize("packet", ["line", 4, "msgpack"], ids=["line", "len4", "msgpack"])
     def test_packet_modes_end_to_end(self, io: Any, packet: Any) -> None:
         """200 frames port -> port and back, then port <-> plain peer, every frame
