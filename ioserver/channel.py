@@ -702,7 +702,7 @@ class _Unbounded(PyChannel[T]):
         try:
             return self._buf.popleft()  # type: ignore[no-any-return]
         except IndexError:
-            return await _arecv_slow(self, timeout)  # type: ignore[no-any-return]
+            return await _arecv_sel(self, timeout)  # type: ignore[no-any-return]
 
     def _sel_claimed_send(self, value: Any, mark: Any) -> bool:
         return False  # never parks a sender
@@ -761,7 +761,7 @@ class _Bounded(PyChannel[T]):
                 if self._rwake:
                     self._resolve_late_send(buf, value)
                 return
-        await _asend_slow(self, value, timeout)
+        await _asend_sel(self, value, timeout)
 
     def recv(self, timeout: float | None = None) -> T:
         try:
@@ -787,7 +787,7 @@ class _Bounded(PyChannel[T]):
         try:
             value = self._buf.popleft()
         except IndexError:
-            return await _arecv_slow(self, timeout)  # type: ignore[no-any-return]
+            return await _arecv_sel(self, timeout)  # type: ignore[no-any-return]
         self._room.append(None)
         if self._swake:
             self._admit()
@@ -891,7 +891,7 @@ class _Rendezvous(PyChannel[T]):
         _send_slow(self, value, 0, True)
 
     async def asend(self, value: T, timeout: float | None = None) -> None:
-        await _asend_slow(self, value, timeout)
+        await _asend_sel(self, value, timeout)
 
     def recv(self, timeout: float | None = None) -> T:
         return _recv_slow(self, timeout)  # type: ignore[no-any-return]
@@ -900,7 +900,7 @@ class _Rendezvous(PyChannel[T]):
         return _recv_slow(self, 0, True)  # type: ignore[no-any-return]
 
     async def arecv(self, timeout: float | None = None) -> T:
-        return await _arecv_slow(self, timeout)  # type: ignore[no-any-return]
+        return await _arecv_sel(self, timeout)  # type: ignore[no-any-return]
 
     def _recv_ready(self, own: WakeupHandle | None = None) -> bool:
         # Ready only with a message in hand: a parked coroutine sender must be
@@ -1120,38 +1120,6 @@ def _undo_recv(ch: PyChannel[Any], handle: ThreadWakeup) -> None:
         ch._sel_unrecv(handle.payload[1])
 
 
-async def _arecv_slow(ch: PyChannel[Any], timeout: float | None) -> Any:
-    deadline = None if timeout is None else _now() + timeout
-    while True:
-        with ch._lock:
-            value = _try_recv_locked(ch)
-            if value is not _NOTHING:
-                return value
-            if timeout is not None and timeout <= 0:
-                raise TimeoutError("arecv timed out")
-            handle = AsyncWakeup()
-            ch._park_receiver((handle, 0))
-            ch._on_receiver_parked()
-        try:
-            woken = await handle.park(None if deadline is None else max(0.0, deadline - _now()))
-        except WokenThenCancelled:
-            value = handle.payload[1]
-            if value is not _RETRY:
-                ch._sel_unrecv(value)  # the cancelled receive takes nothing
-            raise asyncio.CancelledError from None
-        except asyncio.CancelledError:
-            ch._sel_unregister(handle)
-            raise
-        if not woken:
-            ch._sel_unregister(handle)
-            raise TimeoutError("arecv timed out")
-        value = handle.payload[1]
-        if value is not _RETRY:
-            if isinstance(ch, _Bounded):
-                ch._sel_release_slot()
-            return value
-
-
 def _send_slow(ch: PyChannel[Any], value: Any, timeout: float | None, nowait: bool = False) -> None:
     deadline = None if timeout is None else _now() + timeout
     while True:
@@ -1196,35 +1164,6 @@ def _undo_send(ch: PyChannel[Any], handle: ThreadWakeup) -> bool:
         return True
     ch._sel_abandon(mark)
     return False
-
-
-async def _asend_slow(ch: PyChannel[Any], value: Any, timeout: float | None) -> None:
-    deadline = None if timeout is None else _now() + timeout
-    while True:
-        with ch._lock:
-            if _try_send_locked(ch, value):
-                return
-            if timeout is not None and timeout <= 0:
-                raise TimeoutError("asend timed out")
-            handle = AsyncWakeup()
-            ch._park_sender((handle, 0, value))
-            ch._on_sender_parked()
-        try:
-            woken = await handle.park(None if deadline is None else max(0.0, deadline - _now()))
-        except WokenThenCancelled:
-            ch._sel_abandon(handle.payload[1])  # nothing was sent; pass the wakeup on
-            raise asyncio.CancelledError from None
-        except asyncio.CancelledError:
-            ch._sel_unregister(handle)
-            raise
-        if not woken:
-            ch._sel_unregister(handle)
-            raise TimeoutError("asend timed out")
-        mark = handle.payload[1]
-        if mark is _CLOSED:
-            raise ChannelClosed(ch, value)
-        if mark is not _RETRY and ch._sel_claimed_send(value, mark):
-            return
 
 
 # ---------------------------------------------------------------------------------
