@@ -51,6 +51,22 @@ def run_threads(fns: list[Callable[[], object]], timeout: float = 10.0) -> list[
     return results
 
 
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
+    """Start ``fn`` in a daemon thread; ``(thread, out)``, where ``out`` gets its result
+    or the exception it raised once it ends (join the thread with a timeout first)."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
     """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import wait_until
+from helpers import in_thread, wait_until
 
 from ioserver import Channel, IOServer, select
 from ioserver import sched as sched_module
@@ -143,20 +143,6 @@ def interrupter(monkeypatch: pytest.MonkeyPatch) -> Iterator[Interrupter]:
         signal.signal(signal.SIGINT, old_handler)
 
 
-def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
-
-
 def _interrupted_once(it: Interrupter, call: Callable[[], Any]) -> None:
     """Run ``call`` (armed for one interrupt) and check that one SIGINT ended it."""
     it.progress()
@@ -189,7 +175,7 @@ def test_recv_interrupted_after_handover_puts_the_message_back_first(
         ch.send("second")
 
     interrupter.parked.clear()
-    t, out = _in_thread(feed)
+    t, out = in_thread(feed)
     _interrupted_once(interrupter, ch.recv)
     t.join(T)
     assert out == [None]
@@ -213,7 +199,7 @@ def test_rendezvous_recv_interrupted_after_handover_keeps_the_message(
         assert interrupter.parked.wait(T)
         ch.send("m", timeout=T)  # hands "m" straight to the parked receiver
 
-    t, out = _in_thread(send)
+    t, out = in_thread(send)
     _interrupted_once(interrupter, ch.recv)
     t.join(T)
     assert out == [None]  # the send completed: the message was handed over...
@@ -232,7 +218,7 @@ def test_select_interrupted_after_handover_puts_the_message_back(
         assert interrupter.parked.wait(T)
         b.send("m")
 
-    t, out = _in_thread(feed)
+    t, out = in_thread(feed)
     _interrupted_once(interrupter, lambda: select(a, b))
     t.join(T)
     assert out == [None]
@@ -254,7 +240,7 @@ def test_bounded_send_interrupted_after_a_slot_freed_stored_nothing(
         assert interrupter.parked.wait(T)
         return ch.recv(timeout=T)  # frees the slot: the parked send is admitted
 
-    t, out = _in_thread(take)
+    t, out = in_thread(take)
     _interrupted_once(interrupter, lambda: ch.send("x"))
     t.join(T)
     assert out == ["queued"]
@@ -274,7 +260,7 @@ def test_rendezvous_send_interrupted_delivered_nothing(interrupter: Interrupter)
         assert interrupter.parked.wait(T)
         return ch.recv(timeout=T)
 
-    t, out = _in_thread(take)
+    t, out = in_thread(take)
     _interrupted_once(interrupter, lambda: ch.send("x"))
     # The receiver still waits; the next send is the one it gets.
     ch.send("y", timeout=T)
@@ -293,7 +279,7 @@ def test_select_send_interrupted_stored_nothing(interrupter: Interrupter) -> Non
         assert interrupter.parked.wait(T)
         return ch.recv(timeout=T)
 
-    t, out = _in_thread(take)
+    t, out = in_thread(take)
     _interrupted_once(interrupter, lambda: select((ch, "x"), other))
     t.join(T)
     assert out == ["queued"]
@@ -332,7 +318,7 @@ def test_port_send_interrupted_while_busy_ends_at_once(interrupter: Interrupter)
                     return
 
         interrupter.parked.clear()
-        t, _ = _in_thread(drain)
+        t, _ = in_thread(drain)
         _interrupted_once(interrupter, lambda: port.send(b"late"))
         assert port._submitted == submitted  # interrupted in the busy wait: not written
         wait_until(lambda: not port.busy, what="the port drained")
@@ -359,7 +345,7 @@ def test_io_call_interrupted_still_runs_the_function_later(interrupter: Interrup
             assert started.wait(T)
             interrupter.kill()
 
-        t, _ = _in_thread(interrupt)
+        t, _ = in_thread(interrupt)
         with pytest.raises(Interrupt):
             io.call(fn)
         release.set()
@@ -406,7 +392,7 @@ def _stream_to_main(
     it.arm(N)
     it.progress()
     it.watching = True
-    t, _ = _in_thread(produce)
+    t, _ = in_thread(produce)
     got: list[int] = []
     caught = 0
     deadline = time.monotonic() + 90
@@ -483,7 +469,7 @@ def test_stress_send_under_interrupts(interrupter: Interrupter, capacity: int) -
     it.arm(N)
     it.progress()
     it.watching = True
-    t, out = _in_thread(consume)
+    t, out = in_thread(consume)
     caught = 0
     i = 0
     deadline = time.monotonic() + 90

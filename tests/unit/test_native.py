@@ -19,7 +19,7 @@ import weakref
 from typing import Any
 
 import pytest
-from helpers import wait_until
+from helpers import in_thread, wait_until
 
 from ioserver import channel as channel_module
 from ioserver import sched, select
@@ -35,20 +35,6 @@ IDS = ["unbounded", "bounded", "rendezvous"]
 
 class Msg:
     """A message that can be weakly referenced."""
-
-
-def _in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-
-    def run() -> None:
-        try:
-            out.append(fn())
-        except BaseException as exc:
-            out.append(exc)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    return t, out
 
 
 def test_the_native_classes_are_in_use() -> None:
@@ -80,7 +66,7 @@ def test_rendezvous_handoff_keeps_refcounts_exact() -> None:
     ch: Channel[Any] = Channel(0)
     m = Msg()
     base = sys.getrefcount(m)
-    t, out = _in_thread(lambda: ch.recv(timeout=T))
+    t, out = in_thread(lambda: ch.recv(timeout=T))
     wait_until(lambda: ch.statistics().waiting_receivers == 1)
     ch.send(m, timeout=T)
     t.join(T)
@@ -203,7 +189,7 @@ def test_long_bounded_stress_keeps_memory_flat() -> None:
 
     def round_() -> None:
         p = threading.Thread(target=produce)
-        t, out = _in_thread(consume)
+        t, out = in_thread(consume)
         p.start()
         p.join(60)
         t.join(60)
@@ -233,7 +219,7 @@ async def test_async_handle_is_woken_by_a_thread_sending_on_a_native_channel() -
     ch: Channel[Any] = Channel(0)
     handle = sched.AsyncWakeup()
     assert ch._sel_register_recv(handle, 3)
-    t, out = _in_thread(lambda: ch.send("m", timeout=T))
+    t, out = in_thread(lambda: ch.send("m", timeout=T))
     assert await handle.park(T)
     assert handle.payload == (3, "m")
     t.join(T)
@@ -262,7 +248,7 @@ def test_native_thread_wakeup_is_woken_by_python_code() -> None:
 
 def test_pure_python_channel_drives_native_handles() -> None:
     ch: PyChannel[Any] = PyChannel(2)
-    t, out = _in_thread(lambda: [ch.recv(timeout=T) for _ in range(50)])
+    t, out = in_thread(lambda: [ch.recv(timeout=T) for _ in range(50)])
     for i in range(50):
         ch.send(i, timeout=T)
     t.join(T)
@@ -344,7 +330,7 @@ def test_a_handler_that_raises_ends_a_parked_recv_and_leaves_no_waiter(
         signal.signal(signal.SIGUSR1, old)
     assert ch.statistics().waiting_receivers == 0
     # The channel works on: the next message is not lost to a dead entry.
-    t, out = _in_thread(lambda: ch.send("after", timeout=T))
+    t, out = in_thread(lambda: ch.send("after", timeout=T))
     assert ch.recv(timeout=T) == "after"
     t.join(T)
     assert out == [None]
@@ -464,7 +450,7 @@ def test_interrupt_storm_loses_and_duplicates_nothing(how: str) -> None:
 @pytest.mark.timeout(30)
 def test_a_forked_child_does_not_inherit_parked_receivers() -> None:
     ch: Channel[Any] = Channel()
-    t, out = _in_thread(lambda: ch.recv(timeout=5))
+    t, out = in_thread(lambda: ch.recv(timeout=5))
     wait_until(lambda: ch.statistics().waiting_receivers == 1)
     import warnings
 
