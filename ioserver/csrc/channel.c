@@ -163,8 +163,8 @@ post_run(Post *p)
     if (p->wake.n == 0 && p->trash.n == 0 && p->watchers == NULL) {
         return;
     }
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
+    ioserver_SavedError saved;
+    ioserver_err_save(&saved);
     int interrupted = 0;
     for (Py_ssize_t i = 0; i < p->wake.n; i++) {
         /* The handle is claimed and holds its payload: its unpark must run,
@@ -210,7 +210,7 @@ post_run(Post *p)
     }
     objlist_init(&p->wake);
     objlist_init(&p->trash);
-    PyErr_Restore(et, ev, tb);
+    ioserver_err_restore(&saved);
     if (interrupted) {
         PyErr_SetInterrupt();
     }

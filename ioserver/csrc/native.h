@@ -146,4 +146,34 @@ void ioserver_channel_abandon(PyObject *ch, PyObject *mark);
 PyObject *ioserver_mark(int which);
 enum { IOSERVER_RETRY, IOSERVER_SENT, IOSERVER_CLOSED };
 
+/* The exception in flight, set aside while other calls run and put back after
+ * (PyErr_Fetch/PyErr_Restore are deprecated from 3.12: -Werror must build there). */
+typedef struct {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc;
+#else
+    PyObject *type, *value, *tb;
+#endif
+} ioserver_SavedError;
+
+static inline void
+ioserver_err_save(ioserver_SavedError *saved)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    saved->exc = PyErr_GetRaisedException();
+#else
+    PyErr_Fetch(&saved->type, &saved->value, &saved->tb);
+#endif
+}
+
+static inline void
+ioserver_err_restore(ioserver_SavedError *saved)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(saved->exc);
+#else
+    PyErr_Restore(saved->type, saved->value, saved->tb);
+#endif
+}
+
 #endif

@@ -703,6 +703,12 @@ RequestQueue_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                      &quantum)) {
         return NULL;
     }
+    if (max_batch < 1 || !(quantum >= 0.0)) {
+        PyErr_Format(PyExc_ValueError,
+                     "RequestQueue: max_batch must be >= 1 (got %zd) and quantum a number >= 0",
+                     max_batch);
+        return NULL;
+    }
     RequestQueue *self = (RequestQueue *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
