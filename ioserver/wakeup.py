@@ -132,8 +132,7 @@ class PyWakeup:
     ) -> None:
         if max_batch < 1 or not quantum >= 0:
             raise ValueError(
-                f"RequestQueue: max_batch must be >= 1 (got {max_batch}) "
-                "and quantum a number >= 0"
+                f"RequestQueue: max_batch must be >= 1 (got {max_batch}) and quantum a number >= 0"
             )
         self._queue: deque[Request] = deque()
         # Held while a drain is pending (pipe byte in flight or call_soon'd).
