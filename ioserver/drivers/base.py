@@ -686,15 +686,26 @@ class Driver:
         if inbox is old:
             return
         moved = old._take_matching(lambda m: getattr(m, "port", None) is port)
-        for message in reversed(moved):
-            self._hold(message, first=True)
         if port._own_inbox:
             old.close()
         else:
             _unanchor(old, port)
-        anchor(inbox, port)
         port._inbox = inbox
-        inbox._fed_by_loop = True
         port._own_inbox = False
+        if self._finished:
+            # The port has ended: its Closed went into the old inbox, and nothing
+            # will follow it. What was still queued there moves over now, past the
+            # capacity if need be (the memory was spent already; no room callback
+            # would ever come for a finished driver).
+            for message in moved:
+                try:
+                    inbox._put_overflow(message)
+                except ChannelClosed:
+                    break
+            return
+        for message in reversed(moved):
+            self._hold(message, first=True)
+        anchor(inbox, port)
+        inbox._fed_by_loop = True
         self._waiting_room = False
         self._flush()

@@ -529,6 +529,22 @@ def test_transfer_moves_queued_messages_in_order(io: IOServer, mode: str) -> Non
             new.recv(timeout=0)
 
 
+def test_transfer_after_the_end_moves_everything_into_a_smaller_inbox(io: IOServer) -> None:
+    """The port ended (its Closed is in the old inbox, behind 40 lines) before the
+    transfer, and the new inbox holds only 16: every line and the Closed still move
+    over, in order. (They used to stop at the new inbox's capacity for good: the
+    rest waited for a room callback that a finished port never acts on.)"""
+    port, peer = connect(io, packet="line")
+    peer.sendall(b"".join(lines(0, 40)))
+    peer.close()
+    wait_until(lambda: len(port.inbox) == 41, what="40 lines and Closed in the old inbox")
+    new: Channel[Any] = Channel(16)
+    port.transfer(new)
+    got = [new.recv(timeout=T) for _ in range(41)]
+    assert got == [*data(port, lines(0, 40)), Closed(port)]
+    assert port.inbox is new and len(new) == 0
+
+
 def test_transfer_of_a_passive_port_keeps_it_passive(io: IOServer) -> None:
     port, peer = connect(io, packet="line", active=False)
     peer.sendall(b"a\nb\n")
