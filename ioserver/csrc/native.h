@@ -18,6 +18,7 @@ int ioserver_init_sched(PyObject *module);
 int ioserver_init_channel(PyObject *module);
 int ioserver_init_select(PyObject *module);
 int ioserver_init_queue(PyObject *module);
+int ioserver_init_messages(PyObject *module);
 
 /* ---- sched.c: wakeup handles ------------------------------------------------
  *

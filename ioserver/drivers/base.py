@@ -61,7 +61,7 @@ from ..framing import (
     make_decoder,
     make_encoder,
 )
-from ..messages import Closed, Data, Error, Message, Passive
+from ..messages import Closed, Error, Message, Passive, make_data
 from ..port import _unanchor, anchor
 from ..wakeup import ServerStopped, Wakeup
 
@@ -338,7 +338,7 @@ class Driver:
         if self._raw:
             port = self._port()
             if port is not None:
-                self.deliver(Data(port, data))
+                self.deliver(make_data(port, data))
             return
         try:
             frames = self.decoder.feed(data)  # type: ignore[union-attr]  # not raw
@@ -350,7 +350,7 @@ class Driver:
     def _deliver_frames(self, frames: list[Any]) -> None:
         port = self.port
         for frame in frames:
-            self.deliver(Data(port, frame))
+            self.deliver(make_data(port, frame))
 
     def _fail_framing(self, exc: FrameError) -> None:
         """Deliver the frames decoded before the bad one, then Error + Closed

@@ -525,3 +525,62 @@ async def test_arecv_asend_do_nothing_until_awaited() -> None:
     assert len(ch) == 0
     await ch.asend("y")
     assert ch.try_recv() == "y"
+
+
+# -- the message makers (csrc/messages.c) ---------------------------------------------------
+
+
+def test_message_makers_build_the_same_messages_as_the_classes() -> None:
+    from ioserver.messages import Data, Datagram, Tick, make_data, make_datagram, make_tick
+
+    payload = Msg()
+    before = sys.getrefcount(payload)
+    made = [make_data("p", payload), make_datagram("p", b"x", ("h", 1)), make_tick("p", 3)]
+    assert made == [Data("p", payload), Datagram("p", b"x", ("h", 1)), Tick("p", 3)]
+    assert [type(m) for m in made] == [Data, Datagram, Tick]
+    assert hash(made[2]) == hash(Tick("p", 3)) and repr(made[0]) == repr(Data("p", payload))
+    assert sys.getrefcount(payload) == before + 1  # held once, by the message
+    with pytest.raises(AttributeError):  # still frozen
+        made[0].port = "q"  # type: ignore[misc]
+    assert make_data(port="p", data=1) == Data("p", 1)  # keywords: the class call
+    with pytest.raises(TypeError):
+        make_data("p")  # a wrong count: the class call, and its error
+    del made
+    gc.collect()
+    assert sys.getrefcount(payload) == before
+
+
+def test_a_message_in_a_cycle_is_collected() -> None:
+    from ioserver.messages import make_data
+
+    holder = Msg()
+    message = make_data(holder, None)
+    holder.message = message  # type: ignore[attr-defined]
+    alive = weakref.ref(holder)
+    del holder, message
+    gc.collect()
+    assert alive() is None
+
+
+def test_message_maker_refuses_what_it_cannot_build() -> None:
+    from dataclasses import dataclass
+
+    from ioserver.messages import Data
+
+    @dataclass(frozen=True)
+    class NoSlots:
+        port: Any
+
+    @dataclass(frozen=True, slots=True)
+    class Checked:
+        port: Any
+
+        def __post_init__(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="__slots__"):
+        native.message_maker(NoSlots, ("port",))
+    with pytest.raises(TypeError, match="__post_init__"):
+        native.message_maker(Checked, ("port",))
+    with pytest.raises(TypeError, match="not an object slot"):
+        native.message_maker(Data, ("port", "__repr__"))
