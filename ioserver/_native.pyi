@@ -128,3 +128,13 @@ class RequestQueue:
     def _close_fds(self, forked: bool = False, /) -> None: ...
 
 def message_maker(cls: type, field_names: tuple[str, ...], /) -> Callable[..., Any]: ...
+def setup_driver(
+    driver: type,
+    port: type,
+    no_one: Any,
+    control_types: tuple[type, ...],
+    make_data: Callable[..., Any],
+    full: type[BaseException],
+    closed: type[BaseException],
+    /,
+) -> dict[str, Any]: ...

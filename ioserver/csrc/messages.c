@@ -88,9 +88,10 @@ static PyTypeObject MakerType = {
     .tp_doc = "Builds one message class's instances from positional field values.",
 };
 
-/* The offset of the object slot `name` of cls, or -1 with an exception. */
-static Py_ssize_t
-slot_offset(PyTypeObject *cls, PyObject *name)
+/* The offset of the object slot `name` of cls (or of a base: a subclass keeps
+ * its bases' offsets), or -1 with an exception. */
+Py_ssize_t
+ioserver_slot_offset(PyTypeObject *cls, PyObject *name)
 {
     /* On the class, a slot's member descriptor returns itself. */
     PyObject *descr = PyObject_GetAttr((PyObject *)cls, name);
@@ -106,8 +107,7 @@ slot_offset(PyTypeObject *cls, PyObject *name)
     }
     Py_DECREF(descr);
     if (offset < 0) {
-        PyErr_Format(PyExc_TypeError, "message_maker: %s.%U is not an object slot",
-                     cls->tp_name, name);
+        PyErr_Format(PyExc_TypeError, "%s.%U is not an object slot", cls->tp_name, name);
     }
     return offset;
 }
@@ -151,7 +151,7 @@ message_maker(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             Py_DECREF(self);
             return NULL;
         }
-        Py_ssize_t offset = slot_offset(cls, name);
+        Py_ssize_t offset = ioserver_slot_offset(cls, name);
         if (offset < 0) {
             Py_DECREF(self);
             return NULL;

@@ -19,6 +19,9 @@ int ioserver_init_channel(PyObject *module);
 int ioserver_init_select(PyObject *module);
 int ioserver_init_queue(PyObject *module);
 int ioserver_init_messages(PyObject *module);
+int ioserver_init_deliver(PyObject *module);
+/* The offset of cls's object slot `name` (csrc/messages.c), or -1 with an exception. */
+Py_ssize_t ioserver_slot_offset(PyTypeObject *cls, PyObject *name);
 
 /* ---- sched.c: wakeup handles ------------------------------------------------
  *

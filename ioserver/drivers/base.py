@@ -51,6 +51,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .._core import native
 from ..channel import NO_ONE, Channel, ChannelClosed, Full
 from ..framing import (
     DEFAULT_MAX_DEPTH,
@@ -340,6 +341,10 @@ class Driver:
             if port is not None:
                 self.deliver(make_data(port, data))
             return
+        self._feed_frames(data)
+
+    def _feed_frames(self, data: bytes) -> None:
+        """``feed`` for a framing mode: decode, deliver every whole frame."""
         try:
             frames = self.decoder.feed(data)  # type: ignore[union-attr]  # not raw
         except FrameError as exc:
@@ -709,3 +714,19 @@ class Driver:
         inbox._fed_by_loop = True
         self._waiting_room = False
         self._flush()
+
+
+# The native core runs the input path (feed, deliver; stream.py's data_received) in C
+# (csrc/deliver.c): the same decisions, made on the Driver's and the Port's slots,
+# calling the methods above for everything but the common case. The Python ones stay
+# the reference (and take over for a port that is not a Port).
+native_input: dict[str, Any] = {}
+if native is not None:
+    from ..port import Port as _Port
+
+    Driver._py_deliver = Driver.deliver  # type: ignore[attr-defined]
+    native_input = native.setup_driver(
+        Driver, _Port, NO_ONE, _CONTROL, make_data, Full, ChannelClosed
+    )
+    Driver.feed = native_input["feed"]  # type: ignore[method-assign]
+    Driver.deliver = native_input["deliver"]  # type: ignore[method-assign]

@@ -584,3 +584,44 @@ def test_message_maker_refuses_what_it_cannot_build() -> None:
         native.message_maker(Checked, ("port",))
     with pytest.raises(TypeError, match="not an object slot"):
         native.message_maker(Data, ("port", "__repr__"))
+
+
+# -- the driver input path (csrc/deliver.c) -------------------------------------------------
+
+
+def test_the_driver_input_path_is_native_and_honours_overrides() -> None:
+    """feed, deliver and StreamDriver.data_received are the C methods; a class that
+    puts its own deliver in place is still called by the C feed, as Python would."""
+    import socket
+
+    from ioserver.drivers.base import Driver
+    from ioserver.drivers.stream import StreamDriver
+    from ioserver.messages import Data
+    from ioserver.server import IOServer
+
+    assert type(Driver.__dict__["feed"]).__name__ == "method_descriptor"
+    assert type(Driver.__dict__["deliver"]).__name__ == "method_descriptor"
+    assert type(StreamDriver.__dict__["data_received"]).__name__ == "method_descriptor"
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[Any] = []
+    with IOServer() as io:
+        port = io.connect_tcp(*listener.getsockname())
+        peer, _ = listener.accept()
+        original = StreamDriver.deliver
+
+        def deliver(self: Any, message: Any) -> None:
+            seen.append(message)
+            original(self, message)
+
+        io.call(setattr, StreamDriver, "deliver", deliver)
+        try:
+            peer.sendall(b"hello")
+            assert port.recv(timeout=T) == Data(port, b"hello")
+        finally:
+            io.call(delattr, StreamDriver, "deliver")
+        peer.sendall(b"again")
+        assert port.recv(timeout=T) == Data(port, b"again")
+        assert seen == [Data(port, b"hello")]
+        port.close()
+        peer.close()
+    listener.close()
