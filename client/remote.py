@@ -32,14 +32,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
+
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 
 from ioserver import protocol
 from ioserver.channel import Channel, ChannelClosed, Full
 from ioserver.drivers.base import Driver
 from ioserver.framing import FrameError
 from ioserver.messages import Accepted, Closed
-from ioserver.port import Port, PortClosed
+from ioserver.port import Port, PortClosed, encode_for_send
 from ioserver.sched import ThreadWakeup
 from ioserver.server import IOServer, default
 
@@ -67,14 +70,31 @@ class RemotePort(Port):
     def __repr__(self) -> str:
         return f"<RemotePort {self.remote_id} {self.kind}{' closed' if self._closed else ''}>"
 
+    def _check_send(self, data: Any) -> tuple[Callable[[Any, int], None], Any, int]:
+        """As ``Port._check_send`` (the same TypeErrors); a msgpack object is
+        encoded here only to check it (and count its bytes): it travels to the
+        daemon as an object, which encodes it for the port."""
+        if getattr(self._driver, "packet", None) == "msgpack":
+            payload = encode_for_send(self, _packb, data)
+            return self._write_on_loop, data, len(payload)
+        return super()._check_send(data)
+
 
 class RemoteDriver(Driver):
     """The loop-side half of a RemotePort: forwards commands to the daemon."""
 
     kind = "remote"
 
-    def __init__(self, link: _Link, port: RemotePort, conn_inbox: Channel[Any] | None) -> None:
+    def __init__(
+        self,
+        link: _Link,
+        port: RemotePort,
+        conn_inbox: Channel[Any] | None,
+        packet: str | int | None = None,
+    ) -> None:
         super().__init__(link.io, port, active=True)
+        # The daemon frames; the mode is kept for RemotePort.send's argument check.
+        self.packet = packet
         self.link = link
         self.kind = port.kind
         self.conn_inbox = conn_inbox  # for a listener: where accepted ports deliver
@@ -213,7 +233,7 @@ class _Link(asyncio.Protocol):
                 return
             inbox = listener.conn_inbox
             conn = self._new_port(
-                params[1], listener.port.kind.replace("-listener", ""), inbox, None
+                params[1], listener.port.kind.replace("-listener", ""), inbox, None, listener.packet
             )
             if len(params) > 2 and params[2] is not None:
                 conn.info_extra["peer"] = _tuple(params[2])
@@ -238,10 +258,15 @@ class _Link(asyncio.Protocol):
             driver.deliver(message)
 
     def _new_port(
-        self, port_id: int, kind: str, inbox: Channel[Any] | None, conn_inbox: Any
+        self,
+        port_id: int,
+        kind: str,
+        inbox: Channel[Any] | None,
+        conn_inbox: Any,
+        packet: str | int | None = None,
     ) -> RemotePort:
         port = RemotePort(self.io, kind, inbox, port_id)
-        self.ports[port_id] = RemoteDriver(self, port, conn_inbox)
+        self.ports[port_id] = RemoteDriver(self, port, conn_inbox, packet)
         return port
 
     def _send(self, data: bytes) -> None:
@@ -346,7 +371,7 @@ class RemoteIOServer:
 
         def on_result(result: Any) -> RemotePort:
             port_id = result[0] if isinstance(result, list) else result
-            port = self._link._new_port(port_id, kind, inbox, conn_inbox)
+            port = self._link._new_port(port_id, kind, inbox, conn_inbox, options.get("packet"))
             if isinstance(result, list) and len(result) > 1:
                 detail = result[1]
                 if kind == "process":
@@ -455,6 +480,9 @@ def connect(
     if token is not None or address.startswith("tcp://"):
         remote._call("hello", [protocol.PROTOCOL_VERSION, token], timeout=timeout)
     return remote
+
+
+_packb = partial(msgpack.packb, use_bin_type=True)
 
 
 def _tuple(value: Any) -> Any:

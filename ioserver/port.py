@@ -226,10 +226,13 @@ class Port(Closing):
         return self._closed
 
     def send(self, data: Any, *, timeout: float | None = None, nowait: bool = False) -> bool:
-        """Write ``data`` (bytes, or a frame for the port's ``packet`` mode).
+        """Write ``data``: bytes-like (bytes, bytearray, memoryview); with
+        ``packet="msgpack"`` any object msgpack encodes; on a UDP port also a
+        ``(data, addr)`` tuple. Anything else raises TypeError at once, naming
+        what the port takes; a refused send changes nothing.
 
         Fire-and-forget: it returns once the write is queued for the loop;
-        failures arrive later as ``Error`` then ``Closed``. While the port is
+        I/O failures arrive later as ``Error`` then ``Closed``. While the port is
         busy it blocks (TimeoutError after ``timeout``; nothing was sent), or
         with ``nowait=True`` returns False at once. Returns True when queued.
         Raises PortClosed on a closed port and ServerStopped after the server
@@ -237,27 +240,67 @@ class Port(Closing):
         """
         if self._closed:
             raise PortClosed(f"{self!r} is closed")
+        write: Callable[[Any, int], None]
+        if type(data) is bytes:  # the fast path; anything else is checked here, now
+            n = len(data)
+            write = self._write_on_loop
+        else:
+            write, data, n = self._check_send(data)
         if self._transport_busy or self._submitted - self._processed > self.high_water:
             if nowait:
                 return False
             self._wait_not_busy(timeout)
-        n = len(data[0]) if type(data) is tuple else len(data)  # UDP: (data, addr)
         with self._send_lock:
             self._submitted += n
-            self._wakeup.submit(self._write_on_loop, data, n)
+            self._wakeup.submit(write, data, n)
         return True
 
     async def asend(self, data: Any, *, timeout: float | None = None) -> bool:
         """``send`` for coroutines: waits (without blocking the loop) while busy."""
         if self._closed:
             raise PortClosed(f"{self!r} is closed")
+        write: Callable[[Any, int], None]
+        if type(data) is bytes:
+            n = len(data)
+            write = self._write_on_loop
+        else:
+            write, data, n = self._check_send(data)
         if self.busy:
             await self._await_not_busy(timeout)
-        n = len(data[0]) if type(data) is tuple else len(data)  # UDP: (data, addr)
         with self._send_lock:
             self._submitted += n
-            self._wakeup.submit(self._write_on_loop, data, n)
+            self._wakeup.submit(write, data, n)
         return True
+
+    def _check_send(self, data: Any) -> tuple[Callable[[Any, int], None], Any, int]:
+        """``send``'s slow path, on the caller's thread: check ``data`` against
+        what the port's ``packet`` mode accepts, so a wrong type raises TypeError
+        here, before anything is counted or queued (rather than killing the port
+        later on the loop). Returns the loop-side write, what it writes, and the
+        byte count for the busy accounting.
+
+        A ``packet="msgpack"`` port's object is encoded here (the encoder is
+        stateless): an object msgpack can't pack raises now, an oversized one
+        raises FrameError now, and the loop writes the bytes as they are."""
+        driver = self._driver
+        packet = getattr(driver, "packet", None)
+        if packet == "msgpack":
+            payload = encode_for_send(self, driver.encoder.encode, data)
+            return self._write_encoded_on_loop, payload, len(payload)
+        if isinstance(data, _BYTES_LIKE):
+            return self._write_on_loop, data, _nbytes(data)
+        if self.kind == "udp":
+            if type(data) is tuple and len(data) == 2 and isinstance(data[0], _BYTES_LIKE):
+                return self._write_on_loop, data, _nbytes(data[0])
+            accepts = "bytes-like data (bytes, bytearray, memoryview) or a (data, addr) tuple"
+        else:
+            accepts = "bytes-like data (bytes, bytearray, memoryview)"
+        got = type(data).__name__
+        if self.kind == "udp" and type(data) is tuple and len(data) == 2:
+            got = f"a ({type(data[0]).__name__}, addr) tuple"
+            data = data[0]
+        hint = "; encode a str first (text.encode())" if isinstance(data, str) else ""
+        raise TypeError(f"send on {self!r} (packet={packet!r}) takes {accepts}, not {got}{hint}")
 
     def _wait_not_busy(self, timeout: float | None) -> None:
         from time import monotonic
@@ -327,6 +370,15 @@ class Port(Closing):
         driver = self._driver
         if driver is not None:
             driver.write(data)
+        self._processed += n
+        if self._writers:
+            self._wake_writers()
+
+    def _write_encoded_on_loop(self, payload: bytes, n: int) -> None:
+        """Loop thread: write bytes ``_check_send`` already encoded for the port's mode."""
+        driver = self._driver
+        if driver is not None:
+            driver.write_encoded(payload)
         self._processed += n
         if self._writers:
             self._wake_writers()
@@ -443,6 +495,28 @@ class Port(Closing):
         if driver is not None:
             method: Callable[..., object] = getattr(driver, name)
             method(*args)
+
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def encode_for_send(port: Port, encode: Callable[[Any], bytes], data: Any) -> bytes:
+    """``encode(data)`` for a send on a ``packet="msgpack"`` port, msgpack's
+    TypeError (an object it has no encoding for) reworded to name the port and
+    what it takes."""
+    try:
+        return encode(data)
+    except TypeError as exc:
+        raise TypeError(
+            f"send on {port!r} (packet='msgpack') takes an object msgpack can encode "
+            f"(None, bool, int, float, str, bytes, list, tuple, dict), "
+            f"not {type(data).__name__}: {exc}"
+        ) from None
+
+
+def _nbytes(data: bytes | bytearray | memoryview) -> int:
+    """The size in bytes of a bytes-like object (a memoryview's len counts items)."""
+    return data.nbytes if type(data) is memoryview else len(data)
 
 
 _anchor_lock = threading.Lock()

@@ -276,6 +276,62 @@ class TestPortParity:
         assert drain(accepted) == [Closed(accepted)]
         assert drain(listener)[-1] == Closed(listener)
 
+    @pytest.mark.parametrize("packet", [None, "line", 4], ids=["raw", "line", "len4"])
+    def test_send_refuses_what_the_mode_cannot_write_at_once(self, io: Any, packet: Any) -> None:
+        """send("text"), send(42)... raise TypeError in the caller, naming the type and
+        what the port takes; nothing is counted or written, the port stays open, and
+        the bytes-like kinds go through (issue 10: embedded and remote alike)."""
+        _, conn, accepted = pair(io, packet=packet)
+        for bad in ["hello", 42, [1, 2], (b"x", ("127.0.0.1", 9)), None]:
+            with pytest.raises(TypeError, match=type(bad).__name__) as refused:
+                conn.send(bad)
+            assert "bytes-like" in str(refused.value) and repr(conn) in str(refused.value)
+        with pytest.raises(TypeError, match=r"encode a str first"):
+            asyncio.run(conn.asend("text"))
+        assert not conn.closed and conn.info()["unsent_bytes"] == 0
+        frame = b"ok\n"
+        for data in (frame, bytearray(frame), memoryview(frame)):
+            conn.send(data, timeout=T)
+        expected = [frame] * 3 if packet is not None else None
+        if expected is None:
+            assert recv_bytes(accepted, 9) == frame * 3
+        else:
+            assert recv_frames(accepted, 3) == expected
+        conn.close()
+        assert drain(conn) == [Closed(conn)]  # no Error: the refused sends never reached it
+        assert drain(accepted) == [Closed(accepted)]
+
+    def test_send_on_a_msgpack_port_refuses_what_msgpack_cannot_encode(self, io: Any) -> None:
+        """packet="msgpack" takes any object msgpack encodes; a set raises TypeError at
+        once, and the frames sent around it arrive intact."""
+        _, conn, accepted = pair(io, packet="msgpack")
+        conn.send({"before": 1})
+        with pytest.raises(TypeError, match=r"packet='msgpack'.*not set"):
+            conn.send({1, 2})
+        conn.send([b"after", "text"])
+        assert recv_frames(accepted, 2) == [{"before": 1}, [b"after", "text"]]
+        assert not conn.closed
+        conn.close()
+        assert drain(conn) == [Closed(conn)]
+
+    def test_send_on_udp_takes_data_or_a_data_addr_pair(self, io: Any) -> None:
+        """A UDP port takes bytes-like data or (data, addr); a str, or a pair whose data
+        is a str, raises TypeError at once and the port goes on."""
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(T)
+        try:
+            udp = io.open_udp(("127.0.0.1", 0))
+            for bad in ["text", ("text", peer.getsockname()), (b"x",)]:
+                with pytest.raises(TypeError, match=r"\(data, addr\) tuple"):
+                    udp.send(bad)
+            udp.send((bytearray(b"fine"), peer.getsockname()))
+            assert peer.recvfrom(100) == (b"fine", udp.address)
+            udp.close()
+            assert drain(udp) == [Closed(udp)]
+        finally:
+            peer.close()
+
     @pytest.mark.parametrize("packet", ["line", 4, "msgpack"], ids=["line", "len4", "msgpack"])
     def test_packet_modes_end_to_end(self, io: Any, packet: Any) -> None:
         """200 frames port -> port and back, then port <-> plain peer, every frame
