@@ -129,6 +129,8 @@ class ChannelClosed(Exception):
         self.value = value
 
     def __str__(self) -> str:
+        if hasattr(self.channel, "inbox"):  # a port (port.py), named as the user holds it
+            return f"no more messages from {self.channel!r}: its inbox is closed"
         return f"channel {self.channel!r} is closed"
 
 

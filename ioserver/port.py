@@ -39,7 +39,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .channel import NO_ONE, Channel, Closing
+from .channel import NO_ONE, Channel, ChannelClosed, Closing
 from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle
 from .wakeup import ServerStopped
 
@@ -175,17 +175,30 @@ class Port(Closing):
         """The channel this port delivers into (its own, or the shared one given)."""
         return self._inbox
 
+    # ChannelClosed names the port, as select does: the inbox is an implementation
+    # detail the user never touched (try costs nothing until it raises).
+
     def recv(self, timeout: float | None = None) -> Message:
-        """Receive the next message from the inbox (see ``Channel.recv``)."""
-        return self._inbox.recv(timeout)  # type: ignore[no-any-return]
+        """Receive the next message from the inbox (see ``Channel.recv``); raises
+        ChannelClosed (naming this port) once the inbox is closed and drained."""
+        try:
+            return self._inbox.recv(timeout)  # type: ignore[no-any-return]
+        except ChannelClosed:
+            raise ChannelClosed(self) from None
 
     def try_recv(self) -> Message:
         """Receive without blocking (see ``Channel.try_recv``)."""
-        return self._inbox.try_recv()  # type: ignore[no-any-return]
+        try:
+            return self._inbox.try_recv()  # type: ignore[no-any-return]
+        except ChannelClosed:
+            raise ChannelClosed(self) from None
 
     async def arecv(self, timeout: float | None = None) -> Message:
         """Receive from a coroutine (see ``Channel.arecv``)."""
-        return await self._inbox.arecv(timeout)  # type: ignore[no-any-return]
+        try:
+            return await self._inbox.arecv(timeout)  # type: ignore[no-any-return]
+        except ChannelClosed:
+            raise ChannelClosed(self) from None
 
     def __iter__(self) -> Iterator[Message]:
         """Messages until the inbox is closed; a port's own inbox closes after ``Closed``."""

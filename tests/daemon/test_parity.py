@@ -264,6 +264,26 @@ class TestPortParity:
         assert drain(conn) == [Closed(conn)]
         assert drain(accepted) == [Closed(accepted)]
 
+    def test_recv_past_closed_names_the_port(self, io: Any) -> None:
+        """Once Closed was received, recv/try_recv/arecv raise ChannelClosed naming the
+        port the user holds (as select does), not its inbox."""
+        _, conn, accepted = pair(io)
+        conn.close()
+        assert conn.recv(timeout=T) == Closed(conn)
+
+        async def arecv() -> Any:
+            return await conn.arecv(timeout=T)
+
+        for receive in (lambda: conn.recv(timeout=T), conn.try_recv, lambda: asyncio.run(arecv())):
+            with pytest.raises(ChannelClosed) as ended:
+                receive()
+            assert ended.value.channel is conn
+            assert str(ended.value) == f"no more messages from {conn!r}: its inbox is closed"
+        with pytest.raises(ChannelClosed) as selected:
+            select(conn, timeout=T)
+        assert selected.value.channel is conn
+        assert drain(accepted) == [Closed(accepted)]
+
     def test_with_block_closes_the_port(self, io: Any) -> None:
         """``with port:`` closes it on the way out, embedded and remote alike."""
         listener, conn, accepted = pair(io)
