@@ -42,7 +42,7 @@ from ioserver.channel import Channel, ChannelClosed, Full
 from ioserver.drivers.base import Driver
 from ioserver.framing import FrameError
 from ioserver.messages import Accepted, Closed
-from ioserver.port import Port, PortClosed, encode_for_send
+from ioserver.port import Port, PortClosed, describe, encode_for_send
 from ioserver.sched import ThreadWakeup
 from ioserver.server import IOServer, default
 
@@ -68,7 +68,10 @@ class RemotePort(Port):
         self.remote_id = remote_id
 
     def __repr__(self) -> str:
-        return f"<RemotePort {self.remote_id} {self.kind}{' closed' if self._closed else ''}>"
+        return (
+            f"<RemotePort {self.remote_id} {self.kind}{describe(self.info_extra)}"
+            f"{self._closed_text()}>"
+        )
 
     def _check_send(self, data: Any) -> tuple[Callable[[Any, int], None], Any, int]:
         """As ``Port._check_send`` (the same TypeErrors); a msgpack object is
@@ -387,14 +390,18 @@ class RemoteIOServer:
 
     def connect_tcp(self, host: str, port: int, **options: Any) -> RemotePort:
         """As ``IOServer.connect_tcp``; the connection is made by the daemon."""
-        return self._open("connect_tcp", [host, port], "tcp", options)
+        conn = self._open("connect_tcp", [host, port], "tcp", options)
+        conn.info_extra["peer"] = (host, port)  # as asked (the daemon answers the id only)
+        return conn
 
     def listen_tcp(self, host: str, port: int, **options: Any) -> RemotePort:
         """As ``IOServer.listen_tcp``; ``.address`` is the daemon's bound address."""
         return self._open("listen_tcp", [host, port], "tcp-listener", options, ("backlog",))
 
     def connect_unix(self, path: str, **options: Any) -> RemotePort:
-        return self._open("connect_unix", [path], "unix", options)
+        conn = self._open("connect_unix", [path], "unix", options)
+        conn.info_extra["peer"] = path
+        return conn
 
     def listen_unix(self, path: str, **options: Any) -> RemotePort:
         port = self._open("listen_unix", [path], "unix-listener", options, ("backlog",))
@@ -414,10 +421,14 @@ class RemoteIOServer:
         return self._open("spawn", [list(argv)], "process", options, ("cwd", "env", "stderr"))
 
     def interval(self, period: float, **options: Any) -> RemotePort:
-        return self._open("interval", [period], "interval", options)
+        ticker = self._open("interval", [period], "interval", options)
+        ticker.info_extra["period"] = period
+        return ticker
 
     def open_file(self, path: str, mode: str = "rb", **options: Any) -> RemotePort:
-        return self._open("open_file", [path, mode], "file", options, ("chunk_size",))
+        file = self._open("open_file", [path, mode], "file", options, ("chunk_size",))
+        file.info_extra["path"] = path
+        return file
 
     def send_after(self, delay: float, channel: Any, message: Any) -> RemoteTimer:
         """Deliver ``message`` (msgpack-serializable) to the local ``channel`` after ``delay``."""

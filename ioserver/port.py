@@ -46,7 +46,14 @@ from .wakeup import ServerStopped
 if TYPE_CHECKING:
     from .messages import Message
 
-__all__ = ["DEFAULT_HIGH_WATER", "DEFAULT_INBOX_CAPACITY", "Port", "PortClosed"]
+__all__ = [
+    "DEFAULT_HIGH_WATER",
+    "DEFAULT_INBOX_CAPACITY",
+    "Port",
+    "PortClosed",
+    "describe",
+    "encode_for_send",
+]
 
 #: Messages a port's own inbox holds before the port stops reading (and the
 #: peer feels TCP backpressure). Reading resumes below half of it.
@@ -139,7 +146,12 @@ class Port(Closing):
         self.info_extra: dict[str, Any] = {}
 
     def __repr__(self) -> str:
-        return f"<Port {self.id} {self.kind}{' closed' if self._closed else ''}>"
+        """``<Port 3 tcp 127.0.0.1:5000 -> 127.0.0.1:41822>``: id, kind, then what
+        the port is on (addresses, path, pid...), and `` closed`` once closed."""
+        return f"<Port {self.id} {self.kind}{describe(self.info_extra)}{self._closed_text()}>"
+
+    def _closed_text(self) -> str:
+        return " closed" if self._closed else ""
 
     def __del__(self) -> None:
         """Collected unclosed: nobody can receive our messages any more (the loop
@@ -508,6 +520,32 @@ class Port(Closing):
         if driver is not None:
             method: Callable[..., object] = getattr(driver, name)
             method(*args)
+
+
+def describe(extra: dict[str, Any]) -> str:
+    """What a port is on, for its repr, from its ``info_extra``: `` local -> peer``
+    for a connection, `` local`` for a listener or UDP port, the path of a file,
+    ``pid=``, ``fd=``, ``every=``; "" while not (or never) known."""
+    where = _show_address(extra.get("address")) or str(extra.get("path") or "")
+    peer = _show_address(extra.get("peer"))
+    if peer:
+        where = f"{where} -> {peer}" if where else f"-> {peer}"
+    for key in ("pid", "fd"):
+        if extra.get(key) is not None:
+            where = f"{where} {key}={extra[key]}".strip()
+    if extra.get("period") is not None:
+        where = f"every={extra['period']}s"
+    return f" {where}" if where else ""
+
+
+def _show_address(address: Any) -> str:
+    """``host:port`` (``[v6]:port``) for an IP address, the path for a Unix one."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    if isinstance(address, str | bytes) and address:
+        return address if isinstance(address, str) else address.decode(errors="replace")
+    return ""
 
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)

@@ -655,3 +655,20 @@ async def test_aselect_on_a_remote_port_from_a_coroutine(parity_daemon: DaemonPr
     finally:
         listener.close()
         remote.close()
+
+
+def test_remote_port_reprs_show_what_each_port_is_on(parity_daemon: DaemonProcess) -> None:
+    """``<RemotePort id kind ...>``: the daemon's port id, then what the port is on,
+    as far as the client knows it, and ``closed`` once closed."""
+    with client.connect(parity_daemon.socket_path) as remote:
+        listener = remote.listen_tcp("127.0.0.1", 0)
+        port = listener.address[1]
+        assert repr(listener) == f"<RemotePort {listener.remote_id} tcp-listener 127.0.0.1:{port}>"
+        conn = remote.connect_tcp("127.0.0.1", port)
+        assert repr(conn) == f"<RemotePort {conn.remote_id} tcp -> 127.0.0.1:{port}>"
+        accepted = listener.recv(timeout=T).conn
+        assert repr(accepted).startswith(f"<RemotePort {accepted.remote_id} tcp -> 127.0.0.1:")
+        ticker = remote.interval(0.5)
+        assert repr(ticker) == f"<RemotePort {ticker.remote_id} interval every=0.5s>"
+        conn.close()
+        assert repr(conn).endswith(" closed>")
