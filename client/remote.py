@@ -39,6 +39,7 @@ import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 
 from ioserver import protocol
 from ioserver.channel import Channel, ChannelClosed, Full
+from ioserver.config import default_socket_path
 from ioserver.drivers.base import Driver
 from ioserver.framing import FrameError
 from ioserver.messages import Accepted, Closed
@@ -463,18 +464,22 @@ class RemoteIOServer:
 
 
 def connect(
-    address: str,
+    address: str | None = None,
     token: str | None = None,
     *,
     io: IOServer | None = None,
     timeout: float | None = 5.0,
 ) -> RemoteIOServer:
-    """Connect to a daemon at a Unix socket path or ``tcp://host:port``.
+    """Connect to a daemon at a Unix socket path or ``tcp://host:port``; with no
+    address, at the daemon's default socket (``ioserver.config.default_socket_path()``,
+    where ``ioserver serve`` listens by default).
 
     ``token`` is sent in ``hello`` (required over TCP). ``io`` is the local I/O
     thread that carries the connection (default: ``ioserver.server.default()``).
     Raises the OSError of the connect (FileNotFoundError, ConnectionRefusedError...).
     """
+    if address is None:
+        address = default_socket_path()
     io = io or default()
     link = _Link(io)
 

@@ -1,7 +1,7 @@
 """The same port behaviour embedded and through the daemon, so the two cannot drift.
 
 Every test in :class:`TestPortParity` runs twice, on an embedded
-``ioserver.IOServer`` and on ``client.connect(socket)`` to a real daemon
+``ioserver.IOServer`` and on ``ioserver_client.connect(socket)`` to a real daemon
 process (one conformance suite for every implementation), and asserts
 the exact message sequence a port delivers. Peers are plain blocking sockets of
 the test process; listeners made through the daemon are bound by the daemon,
@@ -24,7 +24,7 @@ import msgpack
 import pytest
 from daemon_support import DaemonProcess, T, read_until_eof, recv_exactly, stop_and_check
 
-import client
+import ioserver_client
 from ioserver import Channel, ChannelClosed, aselect, select
 from ioserver.framing import FrameError
 from ioserver.messages import (
@@ -67,7 +67,7 @@ def io(request: pytest.FixtureRequest, parity_daemon: DaemonProcess) -> Iterator
         finally:
             server.stop()
     else:
-        remote = client.connect(parity_daemon.socket_path)
+        remote = ioserver_client.connect(parity_daemon.socket_path)
         try:
             yield remote
         finally:
@@ -579,7 +579,7 @@ def test_select_mixes_remote_port_local_channel_and_embedded_port(
     port's Closed comes last, then select raises ChannelClosed naming that source."""
     n = 300
     embedded = IOServer(name="test-select").start()
-    remote = client.connect(parity_daemon.socket_path)
+    remote = ioserver_client.connect(parity_daemon.socket_path)
     listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
     try:
         remote_port = remote.connect_tcp(*listeners[0].getsockname(), packet="line")
@@ -637,7 +637,7 @@ def test_select_mixes_remote_port_local_channel_and_embedded_port(
 @pytest.mark.asyncio
 async def test_aselect_on_a_remote_port_from_a_coroutine(parity_daemon: DaemonProcess) -> None:
     """aselect over a daemon port and a local Channel, from an asyncio task."""
-    remote = client.connect(parity_daemon.socket_path)
+    remote = ioserver_client.connect(parity_daemon.socket_path)
     listener = socket.create_server(("127.0.0.1", 0))
     try:
         port = remote.connect_tcp(*listener.getsockname(), packet="line")
@@ -660,7 +660,7 @@ async def test_aselect_on_a_remote_port_from_a_coroutine(parity_daemon: DaemonPr
 def test_remote_port_reprs_show_what_each_port_is_on(parity_daemon: DaemonProcess) -> None:
     """``<RemotePort id kind ...>``: the daemon's port id, then what the port is on,
     as far as the client knows it, and ``closed`` once closed."""
-    with client.connect(parity_daemon.socket_path) as remote:
+    with ioserver_client.connect(parity_daemon.socket_path) as remote:
         listener = remote.listen_tcp("127.0.0.1", 0)
         port = listener.address[1]
         assert repr(listener) == f"<RemotePort {listener.remote_id} tcp-listener 127.0.0.1:{port}>"
