@@ -628,6 +628,17 @@ class Driver:
         except Exception as exc:
             self.fail(exc)
 
+    def write_encoded(self, payload: bytes) -> None:
+        """Write bytes the Port already encoded for this port's mode (``Port.send``
+        encodes a msgpack object on the caller's thread, to refuse a bad one there)."""
+        if self._closed_queued:
+            return
+        try:
+            self.bytes_out += len(payload)
+            self._write(payload)
+        except Exception as exc:
+            self.fail(exc)
+
     def write_frames(self, frames: list[Any]) -> None:
         """Write several frames in order (the daemon batches a client's sends).
         One write each here; stream drivers join them into one."""

@@ -572,6 +572,7 @@ def interval(server: DriverHost, period: float, options: dict[str, Any]) -> Port
             f"interval ports deliver Tick messages: packet must be None, not {opts.packet!r}"
         )
     port = Port(server, "interval", opts.inbox)
+    port.info_extra["period"] = seconds  # known now: the repr need not wait for the loop
     first = monotonic() + seconds
     server._wakeup.submit(_open_interval, server, port, seconds, first, opts.active)
     return port
