@@ -172,7 +172,7 @@ class _Collector:
         errors = CounterMetricFamily(
             "ioserver_errors",
             "Errors sent to clients (error responses and error events) by code.",
-            labels=["code", "name"],
+            labels=["code", "error"],
         )
         for code, n in sorted(counters["errors"].items()):
             errors.add_metric([str(code), _CODE_NAMES.get(code, "OTHER")], n)
