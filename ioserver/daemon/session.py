@@ -51,6 +51,12 @@ Over TCP a session must complete ``hello`` within ``limits.hello_timeout``
 and, until it has, counts against ``limits.unauthenticated`` rather than
 ``sessions`` (the Daemon keeps both counts), and may send messages of at most
 PRE_AUTH_MESSAGE_BYTES; authentication failures are logged (rate-limited).
+
+Every request is counted by method and every error sent (a response or an
+``error`` event) by code, in the daemon's cumulative counters (``counters.py``,
+exported by ``metrics.py``); an error with code LIMIT is also logged, at info
+level and rate-limited, as a limit hit. ``reload`` (the Unix socket only) asks
+the daemon to re-read its configuration, as SIGHUP does (``reload.py``).
 """
 
 from __future__ import annotations

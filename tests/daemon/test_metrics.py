@@ -189,3 +189,21 @@ def test_a_metrics_port_in_use_is_a_clear_error_at_start() -> None:
     assert done.returncode == 1, done
     assert f"ioserver: cannot start: cannot serve metrics on 127.0.0.1:{port}: " in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_stuck_or_garbage_http_client_blocks_neither_clients_nor_scrapes(
+    daemon_factory: Callable[..., DaemonProcess],
+) -> None:
+    d = daemon_factory(metrics={"listen": "127.0.0.1:0"})
+    url = d.metrics_url()
+    host, port = url.removeprefix("http://").removesuffix("/metrics").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=T) as stuck:
+        stuck.sendall(b"GET /metr")  # a request that never ends, held open
+        with socket.create_connection((host, int(port)), timeout=T) as garbage:
+            garbage.sendall(b"\x00\xff not http at all\r\n\r\n")
+            garbage.recv(1024)  # whatever it answers (an error, or nothing)
+        with RawClient(d.socket_path) as client:  # clients are served meanwhile
+            assert client.call("ping") == "pong"
+        samples = scrape(url)  # and so is another scrape
+        assert value(samples, "ioserver_requests_total", method="ping") >= 1
+    assert d.ping()
