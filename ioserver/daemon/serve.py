@@ -306,13 +306,13 @@ class Daemon:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Tell clients, close sessions and ports, stop the I/O thread, remove the socket."""
+        if self.metrics is not None:  # first: no scrape waits for a stopping loop
+            self.metrics.close(timeout)
+            self.metrics = None
         if self.io.running:
             with contextlib.suppress(Exception):
                 self.io.call(self._stop_on_loop, timeout=timeout)
         self.io.stop(timeout)
-        if self.metrics is not None:
-            self.metrics.close(timeout)
-            self.metrics = None
         self.pool.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)

@@ -27,6 +27,7 @@ from daemon_support import (
     RawClient,
     T,
     config_text,
+    run_cli,
     serve_argv,
     short_tmpdir,
     wait_for,
@@ -139,6 +140,14 @@ def test_auth_failures_and_limit_hits_are_counted(
         value(after, "ioserver_limit_hits_total") == value(before, "ioserver_limit_hits_total") + 1
     )
     assert value(after, "ioserver_sessions_opened_total", kind="tcp") >= 1
+    done = run_cli("reload", d.socket_path)
+    assert done.returncode == 0, done
+    reloaded = scrape(url)
+    ok = {"result": "ok"}
+    assert value(reloaded, "ioserver_config_reloads_total", **ok) == 1 + value(
+        after, "ioserver_config_reloads_total", **ok
+    )
+    assert value(reloaded, "ioserver_requests_total", method="reload") == 1
 
 
 def _serve_once(config: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
