@@ -156,3 +156,11 @@ def test_reload_is_for_the_owner_only(daemon_factory: Callable[..., DaemonProces
     with RawClient(d.socket_path) as owner:
         assert owner.call("reload") == {"changed": [], "restart_needed": []}
     assert "reload request from session" in d.wait_log("nothing changed")
+    # A SIGHUP and a request at once: two reloads, one after the other, both complete.
+    # (Two SIGHUPs sent at once may arrive as one: the kernel does not queue signals.)
+    with RawClient(d.socket_path) as owner:
+        d.hangup()
+        assert owner.call("reload") == {"changed": [], "restart_needed": []}
+    log = d.wait_log(RELOADED + ": nothing changed")
+    assert log.count("configuration reloaded on reload request") == 2, log
+    assert "refused" not in log and "Traceback" not in log
