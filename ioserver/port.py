@@ -15,7 +15,8 @@ Erlang's ``nosuspend``), and resumes when the loop has drained it below
 lock-step wakeups).
 
 Who writes what, without a lock shared with the loop thread:
-  * ``_submitted`` (bytes): clients only, under ``_send_lock`` (clients only);
+  * ``_submitted`` (bytes): clients only, in ``_queue_write`` (under ``_send_lock``;
+    the native core's is one C call under the GIL);
   * ``_processed`` (bytes handed to the transport) and ``_transport_busy``:
     the loop thread only;
   * ``_writers``: parked writers' handles; a writer appends itself, then
@@ -39,6 +40,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ._core import native
 from .channel import NO_ONE, Channel, ChannelClosed, Closing
 from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle
 from .wakeup import ServerStopped
@@ -275,9 +277,7 @@ class Port(Closing):
             if nowait:
                 return False
             self._wait_not_busy(timeout)
-        with self._send_lock:
-            self._submitted += n
-            self._wakeup.submit(write, data, n)
+        self._queue_write(write, data, n)
         return True
 
     async def asend(self, data: Any, *, timeout: float | None = None) -> bool:
@@ -292,10 +292,16 @@ class Port(Closing):
             write, data, n = self._check_send(data)
         if self.busy:
             await self._await_not_busy(timeout)
+        self._queue_write(write, data, n)
+        return True
+
+    def _queue_write(self, write: Callable[[Any, int], None], data: Any, n: int) -> None:
+        """Count ``n`` bytes as submitted and queue ``write(data, n)`` for the loop:
+        one step for every sender of this port (the native core's is one C call
+        under the GIL, without the lock)."""
         with self._send_lock:
             self._submitted += n
             self._wakeup.submit(write, data, n)
-        return True
 
     def _check_send(self, data: Any) -> tuple[Callable[[Any, int], None], Any, int]:
         """``send``'s slow path, on the caller's thread: check ``data`` against
@@ -600,3 +606,13 @@ def _check_active(active: bool | int | str) -> None:
     raise ValueError(
         f"active must be True, False, 'once' or an int in -32768..32767, not {active!r}"
     )
+
+
+# The native core's send path (csrc/port.c): send's common case (bytes, an open port
+# that is not busy) and _queue_write in C; the Python send above stays the reference
+# and runs every other case, as _py_send.
+if native is not None:
+    Port._py_send = Port.send  # type: ignore[attr-defined]
+    _native_send = native.setup_port(Port)
+    Port.send = _native_send["send"]  # type: ignore[method-assign]
+    Port._queue_write = _native_send["_queue_write"]  # type: ignore[method-assign]

@@ -20,6 +20,11 @@ int ioserver_init_select(PyObject *module);
 int ioserver_init_queue(PyObject *module);
 int ioserver_init_messages(PyObject *module);
 int ioserver_init_deliver(PyObject *module);
+int ioserver_init_port(PyObject *module);
+/* The request queue (csrc/queue.c): whether o is one; submit argv[0](*argv[1:])
+ * (0, or -1 with an exception: ServerStopped once closed). */
+int ioserver_is_request_queue(PyObject *o);
+int ioserver_queue_submit(PyObject *queue, PyObject *const *argv, Py_ssize_t nargs);
 /* The offset of cls's object slot `name` (csrc/messages.c), or -1 with an exception. */
 Py_ssize_t ioserver_slot_offset(PyTypeObject *cls, PyObject *name);
 

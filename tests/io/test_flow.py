@@ -374,6 +374,45 @@ def test_send_blocks_while_busy_and_resumes_when_the_peer_reads(io: IOServer) ->
     assert bytes(received) == b"".join(chunk_of(i) for i in range(sent))
 
 
+def test_concurrent_senders_lose_no_byte_of_the_count(io: IOServer) -> None:
+    """Four threads send on one port at once, bytes (the native core's C path) and
+    bytearrays (the checked path), with a high water mark low enough that they
+    block now and then: the peer gets every byte of every chunk, and once the
+    loop has written everything the port counts nothing unsent (a lost update of
+    the submitted count would leave it negative or positive for good)."""
+    port, peer = connect(io, high_water=64 * 1024)
+    per_thread, size = 1500, 200
+    expected = 4 * per_thread * size
+    got = bytearray()
+
+    def read() -> None:
+        while len(got) < expected:
+            chunk = peer.recv(1 << 16)
+            if not chunk:
+                return
+            got.extend(chunk)
+
+    def send(k: int) -> None:
+        for i in range(per_thread):
+            chunk = bytes([65 + k]) * size
+            port.send(chunk if i % 3 else bytearray(chunk), timeout=T)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    senders = [threading.Thread(target=send, args=(k,), daemon=True) for k in range(4)]
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join(T)
+    reader.join(T)
+    assert not reader.is_alive() and not any(t.is_alive() for t in senders)
+    assert len(got) == expected
+    assert sorted(got.count(bytes([65 + k])) for k in range(4)) == [per_thread * size] * 4
+    wait_until(lambda: port.info()["unsent_bytes"] == 0, what="every byte counted as written")
+    port.close()
+    peer.close()
+
+
 def test_blocked_writer_wakes_with_port_closed_on_close(io: IOServer) -> None:
     port, peer = connect(io)
     sent = make_busy(port, chunk_of)

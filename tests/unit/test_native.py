@@ -625,3 +625,35 @@ def test_the_driver_input_path_is_native_and_honours_overrides() -> None:
         port.close()
         peer.close()
     listener.close()
+
+
+def test_the_send_path_is_native_and_falls_back_to_the_reference() -> None:
+    """Port.send is the C method; keywords, other types and a replaced
+    _write_on_loop take the Python send, with the same result."""
+    import socket
+
+    from ioserver.port import Port, PortClosed
+    from ioserver.server import IOServer
+
+    assert type(Port.__dict__["send"]).__name__ == "method_descriptor"
+    assert type(Port.__dict__["_queue_write"]).__name__ == "method_descriptor"
+    listener = socket.create_server(("127.0.0.1", 0))
+    with IOServer() as io:
+        port = io.connect_tcp(*listener.getsockname())
+        peer, _ = listener.accept()
+        peer.settimeout(T)
+        assert port.send(b"a") is True  # C
+        assert port.send(b"b", nowait=True) is True  # keywords: the Python send
+        assert port.send(bytearray(b"c"), timeout=T) is True  # another type
+        with pytest.raises(TypeError, match="str"):
+            port.send("text")
+        got = b""
+        while len(got) < 3:
+            got += peer.recv(10)
+        assert got == b"abc"
+        wait_until(lambda: port.info()["unsent_bytes"] == 0, what="all written")
+        port.close()
+        with pytest.raises(PortClosed):
+            port.send(b"late")
+        peer.close()
+    listener.close()
