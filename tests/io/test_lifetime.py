@@ -92,9 +92,7 @@ def test_dropped_interval_ports_stop_their_timers(io: IOServer) -> None:
         ports[0].recv(timeout=10)  # they tick
         # Each opening is a request to the loop, drained in batches of at most a
         # quantum: the first tick can come before the last port is registered.
-        wait_until(
-            lambda: io.stats()["open_ports"] == base_ports + 500, what="all 500 ports open"
-        )
+        wait_until(lambda: io.stats()["open_ports"] == base_ports + 500, what="all 500 ports open")
         del ports
         collected(io, base_ports, "every dropped interval port closed")
     assert live_timers(io) == base_timers
