@@ -517,6 +517,12 @@ class PyChannel(Closing, Generic[T]):
             self._buf.append(value)
             self._feed()
 
+    def _after_fork(self) -> None:
+        """In a forked child (drivers/base.py): a lock that a thread of the parent
+        held at the fork would never be released."""
+        if self._lock.locked():
+            self._lock = Lock()
+
     def _take_matching(self, predicate: Callable[[Any], bool]) -> list[Any]:
         """Remove and return the buffered messages for which ``predicate`` is true,
         in order, keeping the others in order (``Port.transfer``).
@@ -1187,17 +1193,6 @@ def _undo_send(ch: PyChannel[Any], handle: ThreadWakeup) -> bool:
 # The native core: ioserver._native.Channel, with what stays in Python here.
 
 
-class _NoLock:
-    """Stands in for the pure-Python channel's ``_lock`` on a native channel, which
-    has none (the GIL is its mutex): never held, so a forked child's driver finds
-    nothing to replace (drivers/base.py)."""
-
-    __slots__ = ()
-
-    def locked(self) -> bool:
-        return False
-
-
 async def _arecv_sel(ch: Any, timeout: float | None) -> Any:
     """``arecv`` written over the select protocol (any channel that speaks it):
     try, register, park, and handle what the waker left, until one succeeds."""
@@ -1273,7 +1268,9 @@ if native is not None:
 
         __slots__ = ()
 
-        _lock = _NoLock()
+        def _after_fork(self) -> None:
+            """Nothing to replace: no lock (the GIL is its mutex), and the parked
+            entries of the parent's threads are dropped by the core (sched.py)."""
 
         def __iter__(self) -> Iterator[T]:
             """Receive until the channel is closed and drained."""

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -604,9 +603,7 @@ class Driver:
         inbox = port._inbox
         if type(inbox).__module__ != Channel.__module__:
             return  # a special inbox (the daemon's sink writes to a shared socket)
-        if inbox._lock.locked():
-            # Held by a thread of the parent at the fork: it will never be released.
-            inbox._lock = threading.Lock()
+        inbox._after_fork()
         inbox._take_matching(lambda m: getattr(m, "port", None) is port)
         try:
             inbox._put_overflow(Closed(port, "forked"))
