@@ -80,9 +80,21 @@ import itertools
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any, Final, Generic, Literal, NoReturn, TypeAlias, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Generic,
+    Literal,
+    NoReturn,
+    TypeAlias,
+    TypeVar,
+    overload,
+)
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
+
+from ._core import native
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -102,6 +114,7 @@ __all__ = [
     "MsgpackDecoder",
     "MsgpackEncoder",
     "PacketMode",
+    "PyDecodeBudget",
     "RawDecoder",
     "RawEncoder",
     "declared_size",
@@ -482,7 +495,7 @@ class DecodeLimitError(ValueError):
     """A msgpack object decodes to more values, or nests deeper, than its budget allows."""
 
 
-class DecodeBudget:
+class PyDecodeBudget:
     """What one msgpack object may decode to: ``max_elements`` values, ``max_depth`` deep.
 
     The size of an encoding says little about its decoded size: 16 MiB of empty
@@ -556,6 +569,19 @@ class DecodeBudget:
                 f"object nests deeper than {self.max_depth}: limit max_depth={self.max_depth}"
             )
         depths[id(container)] = depth
+
+
+# The native core counts in C (csrc/budget.c): the same rules and messages, the
+# depths in a table keyed by address instead of a dict keyed by id().
+if TYPE_CHECKING or native is None:
+    DecodeBudget = PyDecodeBudget
+else:
+    native._set_decode_limit_error(DecodeLimitError)
+
+    class DecodeBudget(native.DecodeBudget):
+        __doc__ = PyDecodeBudget.__doc__
+        __slots__ = ()
+        unpacker_options = PyDecodeBudget.unpacker_options
 
 
 # First byte of a str, bin or ext header -> (header size, bytes of its length field).

@@ -21,6 +21,7 @@ int ioserver_init_queue(PyObject *module);
 int ioserver_init_messages(PyObject *module);
 int ioserver_init_deliver(PyObject *module);
 int ioserver_init_port(PyObject *module);
+int ioserver_init_budget(PyObject *module);
 /* The request queue (csrc/queue.c): whether o is one; submit argv[0](*argv[1:])
  * (0, or -1 with an exception: ServerStopped once closed). */
 int ioserver_is_request_queue(PyObject *o);

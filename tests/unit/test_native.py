@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 from helpers import in_thread, wait_until
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ioserver import channel as channel_module
 from ioserver import sched, select
@@ -657,3 +659,46 @@ def test_the_send_path_is_native_and_falls_back_to_the_reference() -> None:
             port.send(b"late")
         peer.close()
     listener.close()
+
+
+# -- the decode budget (csrc/budget.c) ------------------------------------------------------
+
+_values = st.recursive(
+    st.none() | st.integers(-5, 5) | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    objects=st.lists(_values, min_size=1, max_size=4),
+    max_elements=st.integers(1, 60),
+    max_depth=st.integers(1, 8),
+)
+def test_decode_budgets_of_both_cores_agree(
+    objects: list[Any], max_elements: int, max_depth: int
+) -> None:
+    """The C budget decodes, counts and refuses exactly as the Python reference, over
+    several objects in one unpacker (reset between them)."""
+    import msgpack
+
+    from ioserver.framing import DecodeBudget, DecodeLimitError, PyDecodeBudget
+
+    def run(budget_type: type) -> list[Any]:
+        budget = budget_type(max_elements, max_depth)
+        unpacker = msgpack.Unpacker(**budget.unpacker_options(1 << 20))
+        unpacker.feed(b"".join(msgpack.packb(o) for o in objects))
+        out: list[Any] = []
+        for _ in objects:
+            try:
+                out.append(("ok", next(unpacker), budget.elements))
+            except ValueError as exc:  # DecodeLimitError, or msgpack's header bounds
+                return [*out, ("refused", type(exc) is DecodeLimitError, str(exc))]
+            budget.reset()
+        return out
+
+    assert run(DecodeBudget) == run(PyDecodeBudget)
+    assert DecodeBudget is not PyDecodeBudget
