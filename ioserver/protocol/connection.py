@@ -12,6 +12,7 @@ from typing import Any, Final, NoReturn, TypeAlias
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 
+from .._core import fast_constructor
 from ..framing import (
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_ELEMENTS,
@@ -76,6 +77,11 @@ class Response:
 
 Event: TypeAlias = Request | Notification | Response
 """What ``next_event`` returns besides the sentinels."""
+
+# One event per message decoded: built by fast_constructor (ioserver/_core.py).
+_request = fast_constructor(Request)
+_notification = fast_constructor(Notification)
+_response = fast_constructor(Response)
 
 
 class Sentinel(enum.Enum):
@@ -428,7 +434,7 @@ def _to_event(obj: Any) -> Event:
             raise _bad(
                 f"params of {method!r} must be an array, got {describe(params)}", msgid, kind
             )
-        return Request(msgid, method, params)
+        return _request(msgid, method, params)
     if kind == NOTIFICATION:
         if n != 3:
             raise _bad(f"a notification [2, method, params] has 3 elements, got {n}", None, kind)
@@ -438,14 +444,14 @@ def _to_event(obj: Any) -> Event:
         params = obj[2]
         if type(params) is not list:
             raise _bad(f"params of {method!r} must be an array, got {describe(params)}", None, kind)
-        return Notification(method, params)
+        return _notification(method, params)
     if kind == RESPONSE:
         msgid = obj[1] if n > 1 and _is_uint32(obj[1]) else None
         if n != 4:
             raise _bad(f"a response [1, msgid, error, result] has 4 elements, got {n}", msgid, kind)
         if msgid is None:
             raise _bad(f"response msgid must be a uint32, got {describe(obj[1])}", None, kind)
-        return Response(msgid, obj[2], obj[3])
+        return _response(msgid, obj[2], obj[3])
     msgid = obj[1] if n > 1 and _is_uint32(obj[1]) else None
     raise _bad(f"unknown message type {kind} (expected 0, 1 or 2)", msgid, kind)
 
