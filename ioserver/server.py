@@ -51,14 +51,23 @@ import warnings
 import weakref
 from collections.abc import Callable, Coroutine
 from time import monotonic
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from ._core import NATIVE
 from .sched import AsyncWakeup, ThreadWakeup
 from .wakeup import DEFAULT_MAX_BATCH, DEFAULT_QUANTUM, ServerStopped, Wakeup
 
 if TYPE_CHECKING:
+    from .channel import Channel
     from .drivers.base import Driver
+    from .drivers.options import (
+        ConnectOptions,
+        FileOptions,
+        ListenOptions,
+        SpawnOptions,
+        UDPOptions,
+    )
+    from .drivers.timer import Timer
     from .port import Port
 
 __all__ = ["IOServer", "ServerStopped", "default"]
@@ -379,7 +388,7 @@ class IOServer:
 
     # -- ports -----------------------------------------------------------------------------
 
-    def connect_tcp(self, host: str, port: int, **options: Any) -> Port:
+    def connect_tcp(self, host: str, port: int, **options: Unpack[ConnectOptions]) -> Port:
         """Connect to ``host:port``; blocks until connected (raises the OSError on
         failure: ConnectionRefusedError, ...; a name is resolved in the calling thread,
         its addresses tried in order). Options: ``inbox``, ``packet``,
@@ -390,7 +399,7 @@ class IOServer:
 
         return tcp.connect(self, host, port, options)
 
-    def listen_tcp(self, host: str, port: int, **options: Any) -> Port:
+    def listen_tcp(self, host: str, port: int, **options: Unpack[ListenOptions]) -> Port:
         """Listen on ``host:port`` (0: any free port; see ``.address``); delivers
         ``Accepted(port, conn)``. Accepted ports take ``packet``, ``active``,
         ``high_water`` and ``max_frame_bytes`` from the listen call, and deliver into
@@ -400,26 +409,28 @@ class IOServer:
 
         return tcp.listen(self, host, port, options)
 
-    def connect_unix(self, path: str, **options: Any) -> Port:
+    def connect_unix(self, path: str, **options: Unpack[ConnectOptions]) -> Port:
         """Connect to the Unix socket at ``path`` (as ``connect_tcp``)."""
         from .drivers import unix
 
         return unix.connect(self, path, options)
 
-    def listen_unix(self, path: str, **options: Any) -> Port:
+    def listen_unix(self, path: str, **options: Unpack[ListenOptions]) -> Port:
         """Listen on a Unix socket at ``path`` (as ``listen_tcp``)."""
         from .drivers import unix
 
         return unix.listen(self, path, options)
 
-    def open_udp(self, local_addr: tuple[str, int] | None = None, **options: Any) -> Port:
+    def open_udp(
+        self, local_addr: tuple[str, int] | None = None, **options: Unpack[UDPOptions]
+    ) -> Port:
         """A UDP port bound to ``local_addr``; delivers ``Datagram(port, data, addr)``;
         ``port.send((data, addr))`` or ``remote_addr=`` + ``port.send(data)``."""
         from .drivers import udp
 
         return udp.open_udp(self, local_addr, options)
 
-    def spawn(self, argv: list[str], **options: Any) -> Port:
+    def spawn(self, argv: list[str], **options: Unpack[SpawnOptions]) -> Port:
         """Run a program (argv list, no shell): ``send`` writes its stdin, stdout
         arrives as ``Data``, stderr as ``Stderr`` (``stderr="merge"`` into Data, or
         ``"discard"``), then ``Exited(returncode)`` and ``Closed``. Options: ``cwd``,
@@ -431,21 +442,26 @@ class IOServer:
 
         return process.spawn(self, argv, options)
 
-    def send_after(self, delay: float, channel: Any, message: Any) -> Any:
+    def send_after(self, delay: float, channel: Channel[Any] | Port, message: Any) -> Timer:
         """Send ``message`` to ``channel`` (any channel or port inbox) after ``delay``
-        seconds; returns a timer with ``.cancel()``."""
+        seconds; returns the Timer (``.cancel()``)."""
         from .drivers import timer
 
         return timer.send_after(self, delay, channel, message)
 
-    def interval(self, period: float, **options: Any) -> Port:
+    def interval(self, period: float, **options: Unpack[ConnectOptions]) -> Port:
         """A port that delivers ``Tick(port, count)`` every ``period`` seconds."""
         from .drivers import timer
 
         return timer.interval(self, period, options)
 
     def watch(
-        self, fileobj: Any, *, readable: bool = True, writable: bool = False, **options: Any
+        self,
+        fileobj: Any,
+        *,
+        readable: bool = True,
+        writable: bool = False,
+        **options: Unpack[ConnectOptions],
     ) -> Port:
         """Readiness interest on a caller's fd or socket: ``Readable(port, fd)`` /
         ``Writable(port, fd)`` (see drivers/watch.py for the triggering rule)."""
@@ -453,7 +469,7 @@ class IOServer:
 
         return watch.watch(self, fileobj, readable, writable, options)
 
-    def open_file(self, path: str, mode: str = "rb", **options: Any) -> Port:
+    def open_file(self, path: str, mode: str = "rb", **options: Unpack[FileOptions]) -> Port:
         """A regular file, read/written by a worker thread so the loop never waits
         on the disk; reads arrive as ``Data`` then ``Closed`` at EOF."""
         from .drivers import file

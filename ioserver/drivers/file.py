@@ -53,6 +53,7 @@ import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -432,7 +433,7 @@ class FileDriver(Driver):
         return info
 
 
-def open_file(server: DriverHost, path: Any, mode: str, options: dict[str, Any]) -> Port:
+def open_file(server: DriverHost, path: Any, mode: str, options: Mapping[str, Any]) -> Port:
     """Client side of ``IOServer.open_file``: open ``path`` in a worker, return its port.
 
     ``mode``: "rb" (reads arrive as ``Data`` then ``Closed`` at EOF), "wb" or

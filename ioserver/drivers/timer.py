@@ -78,6 +78,7 @@ import logging
 import math
 from _thread import allocate_lock
 from collections import deque
+from collections.abc import Mapping
 from time import monotonic
 from typing import Any
 
@@ -557,7 +558,7 @@ class IntervalDriver(Driver):
         return info
 
 
-def interval(server: DriverHost, period: float, options: dict[str, Any]) -> Port:
+def interval(server: DriverHost, period: float, options: Mapping[str, Any]) -> Port:
     """Client side of ``IOServer.interval``: a port of kind "interval" delivering
     ``Tick(port, count)`` every ``period`` seconds, the first one ``period``
     seconds from now. Takes the port options ``inbox`` and ``active``; ``packet``
