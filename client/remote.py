@@ -33,7 +33,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Unpack
 
 import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 
@@ -41,6 +41,13 @@ from ioserver import protocol
 from ioserver.channel import Channel, ChannelClosed, Full
 from ioserver.config import default_socket_path
 from ioserver.drivers.base import Driver
+from ioserver.drivers.options import (
+    ConnectOptions,
+    FileOptions,
+    ListenOptions,
+    SpawnOptions,
+    UDPOptions,
+)
 from ioserver.framing import FrameError
 from ioserver.messages import Accepted, Closed
 from ioserver.port import Port, PortClosed, describe, encode_for_send
@@ -389,45 +396,48 @@ class RemoteIOServer:
 
     # the IOServer API -------------------------------------------------------------------
 
-    def connect_tcp(self, host: str, port: int, **options: Any) -> RemotePort:
+    def connect_tcp(self, host: str, port: int, **options: Unpack[ConnectOptions]) -> RemotePort:
         """As ``IOServer.connect_tcp``; the connection is made by the daemon."""
-        conn = self._open("connect_tcp", [host, port], "tcp", options)
+        conn = self._open("connect_tcp", [host, port], "tcp", dict(options))
         conn.info_extra["peer"] = (host, port)  # as asked (the daemon answers the id only)
         return conn
 
-    def listen_tcp(self, host: str, port: int, **options: Any) -> RemotePort:
+    def listen_tcp(self, host: str, port: int, **options: Unpack[ListenOptions]) -> RemotePort:
         """As ``IOServer.listen_tcp``; ``.address`` is the daemon's bound address."""
-        return self._open("listen_tcp", [host, port], "tcp-listener", options, ("backlog",))
+        return self._open("listen_tcp", [host, port], "tcp-listener", dict(options), ("backlog",))
 
-    def connect_unix(self, path: str, **options: Any) -> RemotePort:
-        conn = self._open("connect_unix", [path], "unix", options)
+    def connect_unix(self, path: str, **options: Unpack[ConnectOptions]) -> RemotePort:
+        conn = self._open("connect_unix", [path], "unix", dict(options))
         conn.info_extra["peer"] = path
         return conn
 
-    def listen_unix(self, path: str, **options: Any) -> RemotePort:
-        port = self._open("listen_unix", [path], "unix-listener", options, ("backlog",))
+    def listen_unix(self, path: str, **options: Unpack[ListenOptions]) -> RemotePort:
+        port = self._open("listen_unix", [path], "unix-listener", dict(options), ("backlog",))
         port.info_extra["address"] = path
         return port
 
-    def open_udp(self, local_addr: tuple[str, int] | None = None, **options: Any) -> RemotePort:
+    def open_udp(
+        self, local_addr: tuple[str, int] | None = None, **options: Unpack[UDPOptions]
+    ) -> RemotePort:
         host, port = local_addr or ("127.0.0.1", 0)
-        remote = options.pop("remote_addr", None)
+        wire: dict[str, Any] = dict(options)
+        remote = wire.pop("remote_addr", None)
         if remote is not None:
-            options["remote_addr"] = list(remote)
-        return self._open("open_udp", [host, port], "udp", options, ("remote_addr",))
+            wire["remote_addr"] = list(remote)
+        return self._open("open_udp", [host, port], "udp", wire, ("remote_addr",))
 
-    def spawn(self, argv: list[str], **options: Any) -> RemotePort:
+    def spawn(self, argv: list[str], **options: Unpack[SpawnOptions]) -> RemotePort:
         if isinstance(argv, str):
             raise TypeError("argv must be a list of strings (no shell)")
-        return self._open("spawn", [list(argv)], "process", options, ("cwd", "env", "stderr"))
+        return self._open("spawn", [list(argv)], "process", dict(options), ("cwd", "env", "stderr"))
 
-    def interval(self, period: float, **options: Any) -> RemotePort:
-        ticker = self._open("interval", [period], "interval", options)
+    def interval(self, period: float, **options: Unpack[ConnectOptions]) -> RemotePort:
+        ticker = self._open("interval", [period], "interval", dict(options))
         ticker.info_extra["period"] = period
         return ticker
 
-    def open_file(self, path: str, mode: str = "rb", **options: Any) -> RemotePort:
-        file = self._open("open_file", [path, mode], "file", options, ("chunk_size",))
+    def open_file(self, path: str, mode: str = "rb", **options: Unpack[FileOptions]) -> RemotePort:
+        file = self._open("open_file", [path, mode], "file", dict(options), ("chunk_size",))
         file.info_extra["path"] = path
         return file
 

@@ -28,9 +28,9 @@ from .messages import (
     Writable,
 )
 from .port import Port, PortClosed
+from .requests import ServerStopped
 from .select import aselect, select
 from .server import IOServer, default
-from .wakeup import ServerStopped
 
 __all__ = [
     "NATIVE",

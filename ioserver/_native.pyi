@@ -79,7 +79,7 @@ class _Op:
     def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any: ...
     def close(self) -> None: ...
 
-# -- the request queue (csrc/queue.c; wakeup.NativeWakeup subclasses it) --------------
+# -- the request queue (csrc/queue.c; requests.NativeRequestQueue subclasses it) --------------
 
 class RequestQueue:
     max_batch: int

@@ -3,7 +3,7 @@
 Its receive side *is* its inbox channel: ``recv``, ``try_recv``, ``arecv``,
 iteration and ``select`` work on a port exactly as on a Channel, with no
 special case anywhere. Its send side is a write command submitted to the loop
-thread (``wakeup.submit``); sends are fire-and-forget, so many writes cost one
+thread (``requests.submit``); sends are fire-and-forget, so many writes cost one
 wakeup.
 
 Write backpressure (lesson 6 of docs/architecture.md, Erlang's busy port): a
@@ -42,8 +42,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._core import native
 from .channel import NO_ONE, Channel, ChannelClosed, Closing
+from .requests import ServerStopped
 from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle
-from .wakeup import ServerStopped
 
 if TYPE_CHECKING:
     from .messages import Message
@@ -91,10 +91,10 @@ class Port(Closing):
         "_own_inbox",
         "_pending",
         "_processed",
+        "_requests",
         "_send_lock",
         "_submitted",
         "_transport_busy",
-        "_wakeup",
         "_writers",
         "high_water",
         "id",
@@ -115,7 +115,7 @@ class Port(Closing):
         if inbox is not None and inbox.capacity == 0:
             raise ValueError("a port's inbox cannot be a rendezvous channel (capacity=0)")
         self._io = io
-        self._wakeup = io._wakeup
+        self._requests = io._requests
         self.kind = kind
         #: A number unique within this process, for logs and ``info()``.
         self.id = next(_ids)
@@ -166,7 +166,7 @@ class Port(Closing):
             return
         warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=1, source=self)
         try:
-            self._wakeup.submit(driver._port_collected)
+            self._requests.submit(driver._port_collected)
         except ServerStopped:
             pass  # the stop closed (or will close) everything
         except Exception:  # at interpreter exit modules may be half torn down
@@ -301,7 +301,7 @@ class Port(Closing):
         under the GIL, without the lock)."""
         with self._send_lock:
             self._submitted += n
-            self._wakeup.submit(write, data, n)
+            self._requests.submit(write, data, n)
 
     def _check_send(self, data: Any) -> tuple[Callable[[Any, int], None], Any, int]:
         """``send``'s slow path, on the caller's thread: check ``data`` against
@@ -449,7 +449,7 @@ class Port(Closing):
             return
         self._closed = True
         try:
-            self._wakeup.submit(self._close_on_loop)
+            self._requests.submit(self._close_on_loop)
         except ServerStopped:
             pass  # the server closed every port when it stopped
 
@@ -519,7 +519,7 @@ class Port(Closing):
         # passive port gets its Closed only when it asks for more.
         if self._closed and name == "write_eof":
             raise PortClosed(f"{self!r} is closed")
-        self._wakeup.submit(self._command_on_loop, name, args)
+        self._requests.submit(self._command_on_loop, name, args)
 
     def _command_on_loop(self, name: str, args: tuple[Any, ...]) -> None:
         driver = self._driver

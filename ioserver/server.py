@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 ``start()`` runs a daemon thread that creates the loop (uvloop; plain
 asyncio's selector loop where uvloop is missing or ``loop="asyncio"``), attaches
-the request queue (wakeup.py) and runs forever. Client code never touches the
+the request queue (requests.py) and runs forever. Client code never touches the
 loop: it opens ports with the methods below, each of which submits a request
 and, for the blocking ones (``connect_*``, ``listen_*``, ``spawn``...),
 parks on a WakeupHandle until the loop has the answer.
@@ -51,14 +51,23 @@ import warnings
 import weakref
 from collections.abc import Callable, Coroutine
 from time import monotonic
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from ._core import NATIVE
+from .requests import DEFAULT_MAX_BATCH, DEFAULT_QUANTUM, RequestQueue, ServerStopped
 from .sched import AsyncWakeup, ThreadWakeup
-from .wakeup import DEFAULT_MAX_BATCH, DEFAULT_QUANTUM, ServerStopped, Wakeup
 
 if TYPE_CHECKING:
+    from .channel import Channel
     from .drivers.base import Driver
+    from .drivers.options import (
+        ConnectOptions,
+        FileOptions,
+        ListenOptions,
+        SpawnOptions,
+        UDPOptions,
+    )
+    from .drivers.timer import Timer
     from .port import Port
 
 __all__ = ["IOServer", "ServerStopped", "default"]
@@ -103,10 +112,10 @@ class IOServer:
     ) -> None:
         self._loop_kind = loop
         self._name = name
-        self._wakeup = Wakeup(max_batch=max_batch, quantum=quantum)
+        self._requests = RequestQueue(max_batch=max_batch, quantum=quantum)
         # The hot path: call_soon (documented below) is the queue's own, so a
         # request costs no Python frame here (with the native core, none at all).
-        self.call_soon = self._wakeup.call_soon  # type: ignore[method-assign]
+        self.call_soon = self._requests.call_soon  # type: ignore[method-assign]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ident: int | None = None
@@ -134,7 +143,7 @@ class IOServer:
         with self._state_lock:
             if self._state != NEW:
                 if self._inherited:
-                    raise ServerStopped(self._wakeup._why)
+                    raise ServerStopped(self._requests._why)
                 if self._state in (STOPPED, DEAD):
                     raise ServerStopped(f"{self!r} cannot be restarted; make a new IOServer")
                 return self
@@ -157,13 +166,13 @@ class IOServer:
             state = self._state
             if state == NEW:
                 self._state = STOPPED
-                self._wakeup.close()
+                self._requests.close()
                 return
             if state == RUNNING:
                 self._state = STOPPING
         if state == RUNNING:
             with contextlib.suppress(ServerStopped):
-                self._wakeup.submit(self._begin_stop, timeout)
+                self._requests.submit(self._begin_stop, timeout)
         if threading.get_ident() == self._ident:
             return  # called on the I/O thread: the stop proceeds after this callback
         if not self._stopped.wait(timeout + 5.0):
@@ -199,7 +208,7 @@ class IOServer:
         self.loop_type = f"{type(loop).__module__}.{type(loop).__qualname__}"
         asyncio.set_event_loop(loop)
         try:
-            self._wakeup.attach(loop)
+            self._requests.attach(loop)
             self._started.set()
             loop.run_forever()
             self._state = STOPPED
@@ -232,7 +241,7 @@ class IOServer:
             return
         for driver in list(self._drivers):
             driver.stop("server stopped")
-        self._wakeup.close(ServerStopped("the I/O server stopped before running this request"))
+        self._requests.close(ServerStopped("the I/O server stopped before running this request"))
         self._loop.stop()  # type: ignore[union-attr]
 
     def _forked(self) -> None:
@@ -268,7 +277,7 @@ class IOServer:
                         if port._own_inbox:
                             port._inbox.close()
         self._drivers.clear()
-        self._wakeup.close(reason)
+        self._requests.close(reason)
 
     # -- calls into the loop -------------------------------------------------------------
 
@@ -286,7 +295,7 @@ class IOServer:
         BaseException (``sys.exit``, KeyboardInterrupt): fire and forget means no
         caller to hand it to. Raises ServerStopped once stopped.
         """
-        self._wakeup.submit(fn, *args)
+        self._requests.submit(fn, *args)
 
     def call(self, fn: Callable[..., R], *args: Any, timeout: float | None = None) -> R:
         """Run ``fn(*args)`` on the I/O thread and return its result (or raise its
@@ -296,7 +305,7 @@ class IOServer:
         if threading.get_ident() == self._ident:
             self._check_not_loop_thread("IOServer.call()")
         handle = ThreadWakeup()
-        self._wakeup.submit(_run_call, fn, args, handle, reject=handle)
+        self._requests.submit(_run_call, fn, args, handle, reject=handle)
         if not handle.park(timeout):
             raise TimeoutError(f"{fn!r} did not finish on the I/O thread in {timeout} s")
         ok, value = handle.payload
@@ -308,7 +317,7 @@ class IOServer:
         """``call`` for a coroutine on another loop: awaits without blocking it."""
         self._check_not_loop_thread("IOServer.acall()")
         handle = AsyncWakeup()
-        self._wakeup.submit(_run_call, fn, args, handle, reject=handle)
+        self._requests.submit(_run_call, fn, args, handle, reject=handle)
         await handle.park()
         ok, value = handle.payload
         if ok:
@@ -321,7 +330,7 @@ class IOServer:
         """Run the coroutine ``make(*args)`` on the loop and wait for its result."""
         self._check_not_loop_thread("this call")
         handle = ThreadWakeup()
-        self._wakeup.submit(_start_coroutine, make, args, handle, reject=handle)
+        self._requests.submit(_start_coroutine, make, args, handle, reject=handle)
         if not handle.park(timeout):
             raise TimeoutError(f"{make.__name__} did not finish in {timeout} s")
         ok, value = handle.payload
@@ -356,7 +365,7 @@ class IOServer:
         by kind; ``ports_opened``: ports ever opened; ``state``; ``loop``;
         ``core``: "native" (the compiled core) or "python".
         """
-        w = self._wakeup
+        w = self._requests
         kinds: dict[str, int] = {}
         for driver in list(self._drivers):
             kinds[driver.kind] = kinds.get(driver.kind, 0) + 1
@@ -379,7 +388,7 @@ class IOServer:
 
     # -- ports -----------------------------------------------------------------------------
 
-    def connect_tcp(self, host: str, port: int, **options: Any) -> Port:
+    def connect_tcp(self, host: str, port: int, **options: Unpack[ConnectOptions]) -> Port:
         """Connect to ``host:port``; blocks until connected (raises the OSError on
         failure: ConnectionRefusedError, ...; a name is resolved in the calling thread,
         its addresses tried in order). Options: ``inbox``, ``packet``,
@@ -390,7 +399,7 @@ class IOServer:
 
         return tcp.connect(self, host, port, options)
 
-    def listen_tcp(self, host: str, port: int, **options: Any) -> Port:
+    def listen_tcp(self, host: str, port: int, **options: Unpack[ListenOptions]) -> Port:
         """Listen on ``host:port`` (0: any free port; see ``.address``); delivers
         ``Accepted(port, conn)``. Accepted ports take ``packet``, ``active``,
         ``high_water`` and ``max_frame_bytes`` from the listen call, and deliver into
@@ -400,26 +409,28 @@ class IOServer:
 
         return tcp.listen(self, host, port, options)
 
-    def connect_unix(self, path: str, **options: Any) -> Port:
+    def connect_unix(self, path: str, **options: Unpack[ConnectOptions]) -> Port:
         """Connect to the Unix socket at ``path`` (as ``connect_tcp``)."""
         from .drivers import unix
 
         return unix.connect(self, path, options)
 
-    def listen_unix(self, path: str, **options: Any) -> Port:
+    def listen_unix(self, path: str, **options: Unpack[ListenOptions]) -> Port:
         """Listen on a Unix socket at ``path`` (as ``listen_tcp``)."""
         from .drivers import unix
 
         return unix.listen(self, path, options)
 
-    def open_udp(self, local_addr: tuple[str, int] | None = None, **options: Any) -> Port:
+    def open_udp(
+        self, local_addr: tuple[str, int] | None = None, **options: Unpack[UDPOptions]
+    ) -> Port:
         """A UDP port bound to ``local_addr``; delivers ``Datagram(port, data, addr)``;
         ``port.send((data, addr))`` or ``remote_addr=`` + ``port.send(data)``."""
         from .drivers import udp
 
         return udp.open_udp(self, local_addr, options)
 
-    def spawn(self, argv: list[str], **options: Any) -> Port:
+    def spawn(self, argv: list[str], **options: Unpack[SpawnOptions]) -> Port:
         """Run a program (argv list, no shell): ``send`` writes its stdin, stdout
         arrives as ``Data``, stderr as ``Stderr`` (``stderr="merge"`` into Data, or
         ``"discard"``), then ``Exited(returncode)`` and ``Closed``. Options: ``cwd``,
@@ -431,21 +442,26 @@ class IOServer:
 
         return process.spawn(self, argv, options)
 
-    def send_after(self, delay: float, channel: Any, message: Any) -> Any:
+    def send_after(self, delay: float, channel: Channel[Any] | Port, message: Any) -> Timer:
         """Send ``message`` to ``channel`` (any channel or port inbox) after ``delay``
-        seconds; returns a timer with ``.cancel()``."""
+        seconds; returns the Timer (``.cancel()``)."""
         from .drivers import timer
 
         return timer.send_after(self, delay, channel, message)
 
-    def interval(self, period: float, **options: Any) -> Port:
+    def interval(self, period: float, **options: Unpack[ConnectOptions]) -> Port:
         """A port that delivers ``Tick(port, count)`` every ``period`` seconds."""
         from .drivers import timer
 
         return timer.interval(self, period, options)
 
     def watch(
-        self, fileobj: Any, *, readable: bool = True, writable: bool = False, **options: Any
+        self,
+        fileobj: Any,
+        *,
+        readable: bool = True,
+        writable: bool = False,
+        **options: Unpack[ConnectOptions],
     ) -> Port:
         """Readiness interest on a caller's fd or socket: ``Readable(port, fd)`` /
         ``Writable(port, fd)`` (see drivers/watch.py for the triggering rule)."""
@@ -453,7 +469,7 @@ class IOServer:
 
         return watch.watch(self, fileobj, readable, writable, options)
 
-    def open_file(self, path: str, mode: str = "rb", **options: Any) -> Port:
+    def open_file(self, path: str, mode: str = "rb", **options: Unpack[FileOptions]) -> Port:
         """A regular file, read/written by a worker thread so the loop never waits
         on the disk; reads arrive as ``Data`` then ``Closed`` at EOF."""
         from .drivers import file

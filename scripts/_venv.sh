@@ -14,13 +14,21 @@ if [ ! -x "$venv/bin/python" ]; then
     "$py" -m venv "$venv"
 fi
 stamp="$venv/.ioserver-installed${extras:+-$extras}"
-# The stamp covers what the install builds from: the project metadata and the native core.
-want="$(cat "$root/pyproject.toml" "$root/setup.py" "$root"/ioserver/csrc/* | sha256sum | cut -d' ' -f1)"
+# The stamp covers what the install builds from: the project metadata, the native core,
+# and the names of the package files (a strict editable install links each one: a new
+# module needs a new link).
+want="$( (cat "$root/pyproject.toml" "$root/setup.py" "$root"/ioserver/csrc/*
+    cd "$root" && find ioserver client -name '*.py' -o -name '*.pyi' -o -name py.typed | sort
+    ) | sha256sum | cut -d' ' -f1)"
 # The test extra builds the native core strictly (-Wall -Werror; a failed build fails).
 if [ "$extras" = "test" ]; then export IOSERVER_STRICT_BUILD=1; fi
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo ">> installing ioserver${extras:+[$extras]} into $venv" >&2
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$root${extras:+[$extras]}" 2>&1 \
+    # editable_mode=strict: a tree of links to the checkout's files, which type checkers
+    # (mypy, pyright) follow; the default mode is an import hook they cannot see, and a
+    # user's mypy run in this venv would not find ioserver (tests/unit/test_typing.py).
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --config-settings editable_mode=strict -e "$root${extras:+[$extras]}" 2>&1 \
         | grep -v "^WARNING: Location" >&2 || true
     "$venv/bin/python" -c 'import ioserver' || { echo "install failed" >&2; exit 2; }
     echo "$want" > "$stamp"

@@ -19,7 +19,7 @@
 
 enum { P_CLOSED, P_TRANSPORT_BUSY, P_SUBMITTED, P_PROCESSED, P_HIGH_WATER, P_WAKEUP, P_NFIELDS };
 static const char *port_fields[P_NFIELDS] = {
-    "_closed", "_transport_busy", "_submitted", "_processed", "high_water", "_wakeup",
+    "_closed", "_transport_busy", "_submitted", "_processed", "high_water", "_requests",
 };
 static Py_ssize_t poff[P_NFIELDS];
 static PyObject *WriteOnLoop;  /* owned: Port._write_on_loop, the function */
@@ -75,7 +75,7 @@ queue_write(PyObject *self, PyObject *write, PyObject *data, Py_ssize_t n)
         }
     }
     else if (wakeup == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "_wakeup");
+        PyErr_SetString(PyExc_AttributeError, "_requests");
         rc = -1;
     }
     else {

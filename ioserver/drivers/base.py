@@ -63,7 +63,7 @@ from ..framing import (
 )
 from ..messages import Closed, Error, Message, Passive, make_data
 from ..port import _unanchor, anchor
-from ..wakeup import ServerStopped, Wakeup
+from ..requests import RequestQueue, ServerStopped
 
 if TYPE_CHECKING:
     from ..port import Port
@@ -103,7 +103,7 @@ class DriverHost(Protocol):
     The members, and who uses them:
 
     - ``loop``: the event loop, on the I/O thread only (transports, ``call_soon``);
-    - ``_wakeup``: the request queue into the loop (``submit`` from any thread:
+    - ``_requests``: the request queue into the loop (``submit`` from any thread:
       room callbacks, file jobs' results, timer requests; ``next_wakeup`` for the
       timer heap's armed deadline);
     - ``_register``/``_unregister``/``_drivers``: the set of live drivers, for
@@ -126,7 +126,7 @@ class DriverHost(Protocol):
     def loop(self) -> asyncio.AbstractEventLoop: ...
 
     @property
-    def _wakeup(self) -> Wakeup: ...
+    def _requests(self) -> RequestQueue: ...
 
     @property
     def _drivers(self) -> set[Driver]: ...
@@ -460,12 +460,12 @@ class Driver:
             return
         if not port._inbox._notify_when_room(self._room_callback):
             self._waiting_room = False
-            self.server._wakeup.submit(self._on_room)
+            self.server._requests.submit(self._on_room)
 
     def _room_callback(self) -> None:
         """Runs in the receiving thread (under the inbox's lock): just hop to the loop."""
         try:
-            self.server._wakeup.submit(self._on_room)
+            self.server._requests.submit(self._on_room)
         except ServerStopped:
             pass
 

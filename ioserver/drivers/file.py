@@ -5,7 +5,7 @@ Theory of operation
 Regular files have no readiness (epoll refuses them; a read may block on
 the disk or NFS for as long as it likes), so a file port's I/O runs in a
 worker thread and only the *completions* come back to the loop, through
-``server._wakeup.submit`` like any other request. Each server has one small
+``server._requests.submit`` like any other request. Each server has one small
 pool (:class:`_FilePool`, two threads), created on the first ``open_file``.
 It counts the files that are open (or opening) and shuts its executor down
 (``wait=False``: queued jobs still run) when the last one is closed; the next
@@ -53,11 +53,12 @@ import logging
 import os
 import threading
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..port import Port
-from ..wakeup import ServerStopped
+from ..requests import ServerStopped
 from .base import Driver, DriverHost
 from .options import take_options
 
@@ -189,7 +190,7 @@ class FileDriver(Driver):
         except BaseException as exc:
             outcome = (False, exc)
         try:
-            self.server._wakeup.submit(self._done, op, outcome, reject=self._rejected)
+            self.server._requests.submit(self._done, op, outcome, reject=self._rejected)
         except ServerStopped:
             self._close_file()  # nobody will run the completion: don't leak the file
 
@@ -432,7 +433,7 @@ class FileDriver(Driver):
         return info
 
 
-def open_file(server: DriverHost, path: Any, mode: str, options: dict[str, Any]) -> Port:
+def open_file(server: DriverHost, path: Any, mode: str, options: Mapping[str, Any]) -> Port:
     """Client side of ``IOServer.open_file``: open ``path`` in a worker, return its port.
 
     ``mode``: "rb" (reads arrive as ``Data`` then ``Closed`` at EOF), "wb" or

@@ -1,14 +1,80 @@
-"""Parsing of the options every port-opening call takes (client side)."""
+"""The options every port-opening call takes: their types, and their parsing.
+
+The ``TypedDict``s below are the keyword parameters of the ``IOServer`` openers
+(``**options: Unpack[ConnectOptions]``...), so a type checker reports a
+misspelt option or a wrong type in the user's program; at run time
+``take_options`` checks the same names and values in the caller's thread.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Mapping
+from typing import Any, Literal, TypeAlias, TypedDict
 
 from ..channel import Channel
 from ..framing import DEFAULT_MAX_DEPTH, DEFAULT_MAX_ELEMENTS, DEFAULT_MAX_FRAME_BYTES
 from ..port import DEFAULT_HIGH_WATER, _check_active
 
-__all__ = ["PortOptions", "take_options"]
+__all__ = [
+    "ConnectOptions",
+    "FileOptions",
+    "ListenOptions",
+    "PortOptions",
+    "SpawnOptions",
+    "UDPOptions",
+    "take_options",
+]
+
+#: ``packet=``: None (or "raw") delivers reads as they come; "line", 1/2/4 (a
+#: big-endian length header) and "msgpack" deliver one frame per message.
+Packet: TypeAlias = Literal["raw", "line", "msgpack", 1, 2, 4] | None
+#: ``active=``: True, False (passive: ``read()``), "once", or N more messages.
+Active: TypeAlias = bool | int | Literal["once"]
+
+
+class ConnectOptions(TypedDict, total=False):
+    """The options of every opener (``connect_tcp``, ``connect_unix``, ``interval``...)."""
+
+    inbox: Channel[Any] | None  # deliver into this channel, shared, not an own inbox
+    packet: Packet
+    active: Active
+    timeout: float | None  # for the open itself (connect, bind)
+    high_water: int  # unsent bytes above which send blocks
+    max_frame_bytes: int  # the largest frame accepted (and sent)
+    max_elements: int  # packet="msgpack": values one frame may decode to
+    max_depth: int  # packet="msgpack": nesting one frame may decode to
+
+
+class ListenOptions(ConnectOptions, total=False):
+    """``listen_tcp``/``listen_unix``: also where accepted ports deliver, and the backlog."""
+
+    conn_inbox: Channel[Any] | None
+    backlog: int
+
+
+class UDPOptions(ConnectOptions, total=False):
+    """``open_udp``: the default destination, socket options, errors kept."""
+
+    remote_addr: tuple[str, int] | None
+    reuse_port: bool
+    allow_broadcast: bool
+    max_pending: int
+
+
+class SpawnOptions(ConnectOptions, total=False):
+    """``spawn``: the child's directory, environment, stderr, and kill delay."""
+
+    cwd: str | os.PathLike[str] | None
+    env: Mapping[str, str] | None
+    stderr: Literal["separate", "merge", "discard"]
+    kill_timeout: float
+
+
+class FileOptions(ConnectOptions, total=False):
+    """``open_file``: the bytes per read."""
+
+    chunk_size: int
 
 
 class PortOptions:
@@ -67,11 +133,12 @@ class PortOptions:
         }
 
 
-def take_options(options: dict[str, Any], *extra: str) -> tuple[PortOptions, dict[str, Any]]:
+def take_options(options: Mapping[str, Any], *extra: str) -> tuple[PortOptions, dict[str, Any]]:
     """Split ``options`` into the common PortOptions and the kind's ``extra`` names.
 
     Unknown names raise TypeError naming them, as a misspelt keyword would.
     """
+    options = dict(options)
     kind_specific = {k: options.pop(k) for k in list(options) if k in extra}
     try:
         common = PortOptions(**options)

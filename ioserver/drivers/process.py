@@ -645,7 +645,7 @@ def _check_argv(argv: object) -> list[str | bytes]:
     return args
 
 
-def spawn(server: DriverHost, argv: Sequence[str], options: dict[str, Any]) -> Port:
+def spawn(server: DriverHost, argv: Sequence[str], options: Mapping[str, Any]) -> Port:
     """Client side of ``IOServer.spawn``: start ``argv`` (no shell) and return its port.
 
     Options: ``cwd``, ``env`` (a mapping that *replaces* the environment, as in

@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import weakref
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from ..messages import Accepted
@@ -342,7 +342,7 @@ def _address(addr: Any) -> Any:
     return addr
 
 
-def connect(server: DriverHost, kind: str, open_fn: OpenFn, options: dict[str, Any]) -> Port:
+def connect(server: DriverHost, kind: str, open_fn: OpenFn, options: Mapping[str, Any]) -> Port:
     """Client side: open a connection with ``open_fn(factory)`` on the loop; block until
     connected or raise its OSError."""
     opts, _ = take_options(dict(options))
@@ -373,7 +373,7 @@ def listen(
     server: DriverHost,
     kind: str,
     open_fn: Callable[[int], Coroutine[Any, Any, list[socket.socket]]],
-    options: dict[str, Any],
+    options: Mapping[str, Any],
 ) -> Port:
     """Client side: bind with ``open_fn(backlog)`` on the loop (it returns the listening
     sockets), start accepting; block until bound or raise its OSError."""

@@ -9,6 +9,7 @@ after which a forked child crashes at exit (libuv joins threads it does not have
 from __future__ import annotations
 
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 from ..port import Port
@@ -26,7 +27,7 @@ def resolve(host: str | None, port: int, *, passive: bool = False) -> list[Any]:
     return list(dict.fromkeys(infos))  # the same address twice binds (or fails) twice
 
 
-def connect(server: DriverHost, host: str, port: int, options: dict[str, Any]) -> Port:
+def connect(server: DriverHost, host: str, port: int, options: Mapping[str, Any]) -> Port:
     """Client side of ``IOServer.connect_tcp``: each address ``host`` resolves to, in
     order, until one connects; the first error if none does."""
     errors: list[OSError] = []
@@ -42,7 +43,7 @@ def connect(server: DriverHost, host: str, port: int, options: dict[str, Any]) -
     raise errors[0]
 
 
-def listen(server: DriverHost, host: str, port: int, options: dict[str, Any]) -> Port:
+def listen(server: DriverHost, host: str, port: int, options: Mapping[str, Any]) -> Port:
     """Client side of ``IOServer.listen_tcp``."""
     infos = resolve(host, port, passive=True)
 

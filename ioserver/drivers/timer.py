@@ -7,7 +7,7 @@ kept on the server (``server._timer_heap``). It holds every pending timer in
 a binary heap ordered by ``(deadline, seq)`` (``seq`` counts additions, so
 timers with the same deadline fire in submission order) and keeps exactly
 **one** loop timer (``loop.call_later``) armed for the earliest deadline. The
-invariant: ``server._wakeup.next_wakeup`` equals the deadline of that armed
+invariant: ``server._requests.next_wakeup`` equals the deadline of that armed
 loop timer, or +inf when none is armed. The loop timer is re-armed only when
 the earliest deadline changes (Netty's ``prevDeadlineNanos``). Deadlines are
 ``time.monotonic()`` values; the loop timer is armed with ``call_later(deadline
@@ -18,7 +18,7 @@ before their deadline.
 
 Deadline-aware wakeups (lesson 1, docs/architecture.md). ``send_after`` submits its "add" request
 with ``deadline=``: if the deadline is not earlier than the loop's armed
-wakeup, ``Wakeup.submit`` writes nothing to the pipe (``skipped_wakeups``
+wakeup, ``RequestQueue.submit`` writes nothing to the pipe (``skipped_wakeups``
 counts these). That is safe because the request is queued before the producer
 reads ``next_wakeup``, and the loop drains the queue (``wake_at``) before it
 runs the timers due at that armed deadline; a producer that raced a change of
@@ -78,13 +78,14 @@ import logging
 import math
 from _thread import allocate_lock
 from collections import deque
+from collections.abc import Mapping
 from time import monotonic
 from typing import Any
 
 from ..channel import Channel, ChannelClosed, Full
 from ..messages import Tick, make_tick
 from ..port import Port
-from ..wakeup import ServerStopped, Wakeup
+from ..requests import RequestQueue, ServerStopped
 from .base import Driver, DriverHost
 from .options import take_options
 
@@ -173,7 +174,9 @@ class Timer(_Entry):
         try:
             # Only bookkeeping (heap compaction): not needed before the deadline,
             # so it costs no wakeup either.
-            self._server._wakeup.submit(_note_cancelled, self._server, self, deadline=self.deadline)
+            self._server._requests.submit(
+                _note_cancelled, self._server, self, deadline=self.deadline
+            )
         except ServerStopped:
             pass
         return True
@@ -220,7 +223,7 @@ class TimerHeap:
     def __init__(self, server: DriverHost) -> None:
         self.server = server
         self.loop = server.loop
-        self.wakeup: Wakeup = server._wakeup
+        self.requests: RequestQueue = server._requests
         # (deadline, seq, entry); seq breaks ties in addition order.
         self.heap: list[tuple[float, int, _Entry]] = []
         self._seq = 0
@@ -310,7 +313,7 @@ class TimerHeap:
             delay = max(0.0, deadline - monotonic())
             self._handle = self.loop.call_later(delay, self._on_loop_timer)
         self._armed = deadline
-        self.wakeup.next_wakeup = deadline
+        self.requests.next_wakeup = deadline
 
     # -- the fire path --------------------------------------------------------------
 
@@ -320,10 +323,10 @@ class TimerHeap:
         self._armed = _INF
         self.loop_timer_fires += 1
         self._hold = True  # the adds the drain below runs must not arm
-        wakeup = self.wakeup
-        wakeup.wake_at()  # first: skipped adds join the heap
-        wakeup.next_wakeup = _INF  # nothing is armed now: producers write the pipe
-        if wakeup.pending():
+        requests = self.requests
+        requests.wake_at()  # first: skipped adds join the heap
+        requests.next_wakeup = _INF  # nothing is armed now: producers write the pipe
+        if requests.pending():
             self._queue_fire()
             return
         self._fire_due()
@@ -332,7 +335,7 @@ class TimerHeap:
         """Run ``_fire_due`` as a request, behind everything queued now."""
         self._hold = True
         try:
-            self.wakeup.submit(self._fire_due)
+            self.requests.submit(self._fire_due)
         except ServerStopped:
             self._hold = False
 
@@ -379,13 +382,13 @@ class TimerHeap:
     def _wait_for_room(self, channel: Channel[Any]) -> None:
         def on_room() -> None:  # in a receiving thread, under the channel's lock
             try:
-                self.wakeup.submit(self._on_room, channel)
+                self.requests.submit(self._on_room, channel)
             except ServerStopped:
                 pass
 
         if not channel._notify_when_room(on_room):
             try:
-                self.wakeup.submit(self._on_room, channel)  # room already: retry soon
+                self.requests.submit(self._on_room, channel)  # room already: retry soon
             except ServerStopped:
                 pass
 
@@ -411,7 +414,7 @@ class TimerHeap:
             "size": len(self.heap),
             "cancelled": self.cancelled,
             "armed": self._armed,
-            "next_wakeup": self.wakeup.next_wakeup,
+            "next_wakeup": self.requests.next_wakeup,
             "fired": self.fired,
             "dropped": self.dropped,
             "compactions": self.compactions,
@@ -472,10 +475,10 @@ def send_after(
             raise ValueError("a timer cannot deliver into a rendezvous channel (capacity=0)")
     elif not isinstance(channel, Port):
         raise TypeError(f"channel must be a Channel or a Port, not {type(channel).__name__}")
-    wakeup: Wakeup = server._wakeup
+    requests: RequestQueue = server._requests
     deadline = monotonic() + seconds
     timer = Timer(server, deadline, channel, message)
-    wakeup.submit(_add, server, timer, deadline=deadline)
+    requests.submit(_add, server, timer, deadline=deadline)
     return timer
 
 
@@ -557,7 +560,7 @@ class IntervalDriver(Driver):
         return info
 
 
-def interval(server: DriverHost, period: float, options: dict[str, Any]) -> Port:
+def interval(server: DriverHost, period: float, options: Mapping[str, Any]) -> Port:
     """Client side of ``IOServer.interval``: a port of kind "interval" delivering
     ``Tick(port, count)`` every ``period`` seconds, the first one ``period``
     seconds from now. Takes the port options ``inbox`` and ``active``; ``packet``
@@ -574,7 +577,7 @@ def interval(server: DriverHost, period: float, options: dict[str, Any]) -> Port
     port = Port(server, "interval", opts.inbox)
     port.info_extra["period"] = seconds  # known now: the repr need not wait for the loop
     first = monotonic() + seconds
-    server._wakeup.submit(_open_interval, server, port, seconds, first, opts.active)
+    server._requests.submit(_open_interval, server, port, seconds, first, opts.active)
     return port
 
 

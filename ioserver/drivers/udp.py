@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Mapping
 from typing import Any
 
 from ..messages import Error, make_datagram
@@ -251,7 +252,7 @@ def _address(addr: Any) -> Any:
     return addr
 
 
-def open_udp(server: DriverHost, local_addr: Any, options: dict[str, Any]) -> Port:
+def open_udp(server: DriverHost, local_addr: Any, options: Mapping[str, Any]) -> Port:
     """Client side of ``IOServer.open_udp``: bind (and connect), block until done.
 
     Options: the port options (``packet`` must be None), ``remote_addr``

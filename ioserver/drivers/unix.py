@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Mapping
 from typing import Any
 
 from ..port import Port
@@ -15,7 +16,7 @@ from .base import DriverHost
 __all__ = ["connect", "listen"]
 
 
-def connect(server: DriverHost, path: str, options: dict[str, Any]) -> Port:
+def connect(server: DriverHost, path: str, options: Mapping[str, Any]) -> Port:
     """Client side of ``IOServer.connect_unix``."""
 
     def open_fn(factory: Any) -> Any:
@@ -24,7 +25,7 @@ def connect(server: DriverHost, path: str, options: dict[str, Any]) -> Port:
     return stream.connect(server, "unix", open_fn, options)
 
 
-def listen(server: DriverHost, path: str, options: dict[str, Any]) -> Port:
+def listen(server: DriverHost, path: str, options: Mapping[str, Any]) -> Port:
     """Client side of ``IOServer.listen_unix``; the socket file is removed on close."""
 
     async def open_fn(backlog: int) -> list[socket.socket]:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import errno
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..messages import Message, Readable, Writable
@@ -253,7 +253,7 @@ def _owner_ref(fileobj: Any) -> Callable[[], Any] | None:
 
 
 def watch(
-    server: DriverHost, fileobj: Any, readable: bool, writable: bool, options: dict[str, Any]
+    server: DriverHost, fileobj: Any, readable: bool, writable: bool, options: Mapping[str, Any]
 ) -> Port:
     """Client side of ``IOServer.watch``: a port delivering readiness of ``fileobj``.
 

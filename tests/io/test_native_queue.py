@@ -1,8 +1,8 @@
-"""The request queue's compiled twin (wakeup.NativeWakeup, csrc/queue.c) against its contract.
+"""The request queue's compiled twin (NativeRequestQueue, csrc/queue.c) against its contract.
 
 Two kinds of tests:
   * on a bare queue (no loop: ``_on_pipe`` drains on the test's thread), for
-    each queue class this process has (``PyWakeup`` always, ``NativeWakeup``
+    each queue class this process has (``PyRequestQueue`` always, ``NativeRequestQueue``
     with the compiled core): reference counts, counters, argument handling;
   * through a real IOServer (whichever core runs): floods, the close race,
     fork, BaseException.
@@ -25,15 +25,15 @@ from typing import Any
 import pytest
 from helpers import run_threads, wait_until
 
-from ioserver import wakeup
+from ioserver import requests
 from ioserver._core import NATIVE
+from ioserver.requests import PyRequestQueue, ServerStopped
 from ioserver.sched import ThreadWakeup
 from ioserver.server import IOServer
-from ioserver.wakeup import PyWakeup, ServerStopped
 
-CLASSES: list[Any] = [PyWakeup]
+CLASSES: list[Any] = [PyRequestQueue]
 if NATIVE:
-    CLASSES.append(wakeup.NativeWakeup)
+    CLASSES.append(requests.NativeRequestQueue)
 
 
 @pytest.fixture(params=CLASSES, ids=lambda cls: cls.__name__)
@@ -59,10 +59,10 @@ class Token:
 
 
 def test_the_server_uses_the_native_queue_with_the_compiled_core() -> None:
-    expected = "NativeWakeup" if NATIVE else "PyWakeup"
-    assert wakeup.Wakeup.__name__ == expected
+    expected = "NativeRequestQueue" if NATIVE else "PyRequestQueue"
+    assert requests.RequestQueue.__name__ == expected
     with IOServer() as io:
-        assert type(io._wakeup).__name__ == expected
+        assert type(io._requests).__name__ == expected
         assert io.stats()["core"] == ("native" if NATIVE else "python")
 
 
@@ -136,12 +136,12 @@ def test_references_are_dropped_after_rejection_at_close(queue_class: Any) -> No
 def test_a_queue_in_a_cycle_with_its_requests_is_collected() -> None:
     """The C type takes part in garbage collection: a queue whose requests refer
     back to it is freed (and its pipe closed) once unreachable."""
-    w = wakeup.NativeWakeup()
+    w = requests.NativeRequestQueue()
     wfd = w._wfd
     w.submit(noop, w)
     w.submit(noop, reject=w.submit)
     ref = weakref.ref(w)
-    wakeup._LIVE.discard(w)
+    requests._LIVE.discard(w)
     del w
     gc.collect()
     assert ref() is None
@@ -203,10 +203,10 @@ def test_a_stray_byte_streak_is_logged_once(
     w = queue_class()
     try:
         with caplog.at_level(logging.WARNING, logger="ioserver"):
-            for _ in range(wakeup.SPIN_THRESHOLD + 5):
+            for _ in range(requests.SPIN_THRESHOLD + 5):
                 os.write(w._wfd, b"x")
                 w._on_pipe()
-        assert w.empty_wakeups == wakeup.SPIN_THRESHOLD + 5
+        assert w.empty_wakeups == requests.SPIN_THRESHOLD + 5
         assert len([r for r in caplog.records if "with nothing to do" in r.getMessage()]) == 1
     finally:
         w.close()
@@ -273,7 +273,7 @@ def test_flood_from_two_threads_runs_every_request_once_in_order(io: IOServer) -
     assert after["requests"] - before["requests"] == 2 * per_thread + 1
     writes = after["pipe_writes"] - before["pipe_writes"]
     assert writes < per_thread  # coalesced (typically a handful)
-    assert after["max_batch"] <= io._wakeup.max_batch
+    assert after["max_batch"] <= io._requests.max_batch
     assert after["pending"] == 0
 
 
@@ -290,7 +290,7 @@ def test_submits_racing_stop_each_run_or_reject_or_raise(round_: int) -> None:
     going = threading.Event()
 
     def producer(tid: int) -> int:
-        submit = io._wakeup.submit
+        submit = io._requests.submit
         i = 0
         while True:
             key = (tid, i)
@@ -310,7 +310,7 @@ def test_submits_racing_stop_each_run_or_reject_or_raise(round_: int) -> None:
         io.stop()
 
     run_threads([lambda: producer(0), lambda: producer(1), stopper], timeout=60)
-    assert io._wakeup.done
+    assert io._requests.done
     seen = ran + rejected
     assert len(seen) == len(set(seen)), "a request ran or was rejected twice"
     assert set(seen) == {(t, i) for t in (0, 1) for i in accepted[t]}
@@ -352,7 +352,7 @@ def test_a_forked_childs_copy_refuses_submits(io: IOServer) -> None:
     if pid == 0:  # child: no pytest machinery from here on
         code = 1
         try:
-            w = io._wakeup
+            w = io._requests
             ok = w.done and w.pending() == 0 and w._wfd == -1 and w._rfd == -1
             try:
                 w.submit(noop)
@@ -379,7 +379,7 @@ def test_a_forked_childs_copy_refuses_submits(io: IOServer) -> None:
     assert os.waitstatus_to_exitcode(status) == 0 and report == b"ok"
     block.set()
     assert io.call(lambda: "parent ok") == "parent ok"
-    assert not io._wakeup.done
+    assert not io._requests.done
 
 
 @pytest.mark.timeout(30)
@@ -399,10 +399,10 @@ def test_base_exception_in_a_request_is_logged_and_the_server_serves_on(
 @pytest.mark.timeout(30)
 def test_loop_thread_submits_never_write_the_pipe(io: IOServer) -> None:
     def from_loop() -> tuple[int, int]:
-        before = io._wakeup.pipe_writes
+        before = io._requests.pipe_writes
         for _ in range(100):
             io.call_soon(noop)
-        return before, io._wakeup.pipe_writes
+        return before, io._requests.pipe_writes
 
     before, after = io.call(from_loop)
     assert before == after
@@ -419,11 +419,11 @@ def test_a_busy_loop_costs_no_pipe_write(io: IOServer) -> None:
 
     io.call_soon(busy)
     assert entered.wait(10)
-    before = io._wakeup.pipe_writes
+    before = io._requests.pipe_writes
     done: list[int] = []
     for i in range(1000):
         io.call_soon(done.append, i)
-    assert io._wakeup.pipe_writes == before
+    assert io._requests.pipe_writes == before
     release.set()
     wait_until(lambda: len(done) == 1000, 10)
     assert done == list(range(1000))

@@ -20,8 +20,8 @@ from ioserver.channel import Channel, ChannelClosed, Empty
 from ioserver.drivers import timer as timer_mod
 from ioserver.drivers.timer import Timer, loop_info
 from ioserver.messages import Closed, Tick
+from ioserver.requests import ServerStopped
 from ioserver.server import IOServer
-from ioserver.wakeup import ServerStopped
 
 INF = float("inf")
 
@@ -201,7 +201,7 @@ def test_later_deadlines_skip_the_pipe_and_an_earlier_one_wakes_the_loop(
     io = any_io
     ch: Channel[Any] = Channel()
     far = io.send_after(10, ch, "far")
-    wait_until(lambda: io.call(lambda: io._wakeup.next_wakeup) == far.deadline, what="armed")
+    wait_until(lambda: io.call(lambda: io._requests.next_wakeup) == far.deadline, what="armed")
     before = io.stats()
     timers: list[Timer] = []
 
@@ -232,7 +232,7 @@ def test_later_deadlines_skip_the_pipe_and_an_earlier_one_wakes_the_loop(
 
 def test_next_wakeup_tracks_the_earliest_deadline(io: IOServer) -> None:
     ch: Channel[Any] = Channel()
-    w = io._wakeup
+    w = io._requests
     assert io.call(lambda: w.next_wakeup) == INF
     a = io.send_after(30, ch, "a")
     assert io.call(lambda: w.next_wakeup) == a.deadline

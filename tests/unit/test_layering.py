@@ -23,7 +23,7 @@ ORDER = [
     "ioserver.select",
     "ioserver.messages",
     "ioserver.framing",
-    "ioserver.wakeup",
+    "ioserver.requests",
     "ioserver.port",
     "ioserver.drivers",
     "ioserver.server",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 
 import ioserver
-from ioserver import channel, framing, messages, port, sched, server, wakeup
+from ioserver import channel, framing, messages, port, requests, sched, server
 
 # ``ioserver.select`` is the function (the module's name is taken by it).
 select_module = importlib.import_module("ioserver.select")
@@ -19,7 +19,7 @@ select_module = importlib.import_module("ioserver.select")
 PUBLIC = {
     "IOServer": server,
     "default": server,
-    "ServerStopped": wakeup,
+    "ServerStopped": requests,
     "Channel": channel,
     "ChannelClosed": channel,
     "ChannelStatistics": channel,

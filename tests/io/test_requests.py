@@ -1,4 +1,4 @@
-"""The request queue and coalescing self-pipe (wakeup.py), driven through a real IOServer.
+"""The request queue and coalescing self-pipe (requests.py), driven through a real IOServer.
 
 Counters that the loop writes are read back with ``io.call`` (FIFO: it runs
 after everything submitted before it). Helper threads are daemons; tests wait
@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from helpers import run_threads, wait_until
 
+from ioserver.requests import ServerStopped
 from ioserver.server import IOServer
-from ioserver.wakeup import ServerStopped
 
 
 @pytest.fixture
 def io() -> Iterator[IOServer]:
-    server = IOServer(name="test-wakeup").start()
+    server = IOServer(name="test-requests").start()
     try:
         yield server
     finally:
@@ -85,10 +85,10 @@ def test_submit_from_loop_thread_never_writes_the_pipe(io: IOServer) -> None:
     ran: list[int] = []
 
     def submit_many() -> tuple[int, int]:
-        before = io._wakeup.pipe_writes
+        before = io._requests.pipe_writes
         for i in range(100):
             io.call_soon(ran.append, i)
-        return before, io._wakeup.pipe_writes
+        return before, io._requests.pipe_writes
 
     before, after = io.call(submit_many)
     assert after == before
@@ -103,9 +103,9 @@ def test_loop_thread_submit_outside_a_drain_schedules_one(io: IOServer) -> None:
     seen: list[int] = []
 
     def from_callback() -> None:
-        seen.append(io._wakeup.pipe_writes)
+        seen.append(io._requests.pipe_writes)
         io.call_soon(ran.set)
-        seen.append(io._wakeup.pipe_writes)
+        seen.append(io._requests.pipe_writes)
 
     io.call(lambda: io.loop.call_soon(from_callback))
     assert ran.wait(10)
@@ -131,13 +131,13 @@ def test_self_resubmitting_request_does_not_starve_other_producers(io: IOServer)
     final = io.call(lambda: hops[0])
     assert final > 5000
     assert io.call(lambda: hops[0]) == final  # the chain ended
-    assert io.stats()["max_batch"] <= io._wakeup.max_batch
+    assert io.stats()["max_batch"] <= io._requests.max_batch
 
 
 def test_deadline_request_behind_an_armed_wakeup_needs_no_pipe_write(io: IOServer) -> None:
     """Lesson 1 (docs/architecture.md): a request not needed before the loop's armed wakeup does not
     write the pipe; one needed earlier does, and both then run in order."""
-    w = io._wakeup
+    w = io._requests
     ran: list[str] = []
     far = time.monotonic() + 1000
 
@@ -200,7 +200,7 @@ def test_request_flood_does_not_starve_io(io: IOServer) -> None:
 
     def on_readable() -> None:
         data = server_side.recv(65536)
-        echoes.append((ran[0], io._wakeup.pending()))
+        echoes.append((ran[0], io._requests.pending()))
         server_side.send(data)
 
     io.call(io.loop.add_reader, server_side.fileno(), on_readable)
@@ -248,7 +248,7 @@ def test_submit_racing_stop_is_never_lost_janus2_anyio1265(
     ServerStopped, or its request ran, or it was rejected: none is lost or
     handled twice, and nothing raises "Event loop is closed"."""
     io = IOServer(name=f"race-{round_}").start()
-    w = io._wakeup
+    w = io._requests
     producers = 4
     ran: list[list[int]] = [[] for _ in range(producers)]
     rejected: list[list[int]] = [[] for _ in range(producers)]
@@ -385,7 +385,7 @@ def test_forked_child_cannot_submit_and_parent_keeps_working(io: IOServer) -> No
 
 def test_pipe_fds_are_close_on_exec(io: IOServer) -> None:
     """Lesson 11 (docs/architecture.md): the self-pipe is not inherited by exec'd programs."""
-    w: Any = io._wakeup
+    w: Any = io._requests
     for fd in (w._rfd, w._wfd):
         assert not os.get_inheritable(fd)
 
@@ -395,10 +395,10 @@ def test_a_spinning_loop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     counted, and a streak of them (something waking the loop for nothing, over and
     over) is logged once;
     stray bytes don't upset the token, and the server keeps serving."""
-    from ioserver.wakeup import SPIN_THRESHOLD
+    from ioserver.requests import SPIN_THRESHOLD
 
     with IOServer() as io, caplog.at_level(logging.WARNING, logger="ioserver"):
-        w = io._wakeup
+        w = io._requests
         before = io.stats()["empty_wakeups"]
         for i in range(1, SPIN_THRESHOLD + 11):
             os.write(w._wfd, b"x")  # a stray wakeup: no token, nothing queued
@@ -415,7 +415,7 @@ def test_a_spinning_loop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
 def test_a_request_queue_with_no_room_per_batch_is_refused(bad: dict[str, Any]) -> None:
     """A batch of no requests would never drain the queue: refused when built, on both
     cores (it used to be accepted, and then the loop never ran a request)."""
-    from ioserver.wakeup import Wakeup
+    from ioserver.requests import RequestQueue
 
     with pytest.raises(ValueError, match="max_batch must be >= 1"):
-        Wakeup(**bad)
+        RequestQueue(**bad)

@@ -48,15 +48,15 @@ callback) or completely after it (submit raises).
 
 The native core
 ---------------
-With the compiled core (``ioserver._native``, see ``_core``), ``Wakeup`` is
-:class:`NativeWakeup`: the same contract, with the queue, the token, the pipe,
+With the compiled core (``ioserver._native``, see ``_core``), ``RequestQueue`` is
+:class:`NativeRequestQueue`: the same contract, with the queue, the token, the pipe,
 the drain and the counters in C (ioserver/csrc/queue.c, whose header comment
 gives its argument). There the GIL is the only mutex: "append, then take the
 token if free", the drain's "release the token, then look once more", and
 close's "mark done, take everything queued" are each one step that runs no
 Python code, so no late producer has anything to withdraw. The pipe byte is
 written with the GIL released (the woken loop thread then finds it free), and
-a close during such a write leaves the fds to that writer to close. :class:`PyWakeup`
+a close during such a write leaves the fds to that writer to close. :class:`PyRequestQueue`
 is this module's pure-Python queue, importable in both modes.
 
 Fork (lesson 11, docs/architecture.md): the pipe is close-on-exec, and in a forked child every
@@ -88,7 +88,7 @@ if TYPE_CHECKING:
 elif native is not None:
     _RequestQueue = native.RequestQueue
 
-__all__ = ["PyWakeup", "Request", "ServerStopped", "Wakeup"]
+__all__ = ["PyRequestQueue", "Request", "RequestQueue", "ServerStopped"]
 
 log = logging.getLogger("ioserver")
 
@@ -124,7 +124,7 @@ Request = tuple[
 _INF = float("inf")
 
 
-class PyWakeup:
+class PyRequestQueue:
     """The request queue of one loop, and the pipe that wakes it (pure Python)."""
 
     def __init__(
@@ -422,11 +422,11 @@ def _reject_all(requests: list[Request], exc: BaseException) -> None:
 
 if native is not None or TYPE_CHECKING:
 
-    class NativeWakeup(_RequestQueue):
+    class NativeRequestQueue(_RequestQueue):
         """The request queue of one loop, and the pipe that wakes it (the native core).
 
         ``submit``, the drain, ``wake_at``, ``pending`` and the counters are the
-        compiled ``_native.RequestQueue`` (same contract as :class:`PyWakeup`);
+        compiled ``_native.RequestQueue`` (same contract as :class:`PyRequestQueue`);
         this subclass adds the parts that are neither hot nor racy.
         """
 
@@ -484,19 +484,19 @@ if native is not None or TYPE_CHECKING:
 
 #: The queue the server uses: the native one when the compiled core runs.
 if TYPE_CHECKING:
-    Wakeup = PyWakeup
+    RequestQueue = PyRequestQueue
 elif native is not None:
-    Wakeup = NativeWakeup
+    RequestQueue = NativeRequestQueue
 else:
-    Wakeup = PyWakeup
+    RequestQueue = PyRequestQueue
 
-_LIVE: weakref.WeakSet[PyWakeup | NativeWakeup] = weakref.WeakSet()
+_LIVE: weakref.WeakSet[PyRequestQueue | NativeRequestQueue] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
     # The child has the parent's fds but not its loop thread: refuse submits.
-    for wakeup in list(_LIVE):
-        wakeup._forked()
+    for queue in list(_LIVE):
+        queue._forked()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
