@@ -3,7 +3,7 @@
  * One extension module, ioserver._native, built from the files in this folder;
  * each part (sched.c, channel.c, select.c, queue.c) registers its types from an
  * init function called by module.c. The pure-Python modules (sched.py,
- * channel.py, select.py, wakeup.py) are the reference: every type here keeps
+ * channel.py, select.py, requests.py) are the reference: every type here keeps
  * their contract (docs/architecture.md). The GIL is the only mutex.
  */
 #ifndef IOSERVER_NATIVE_H

@@ -1,8 +1,8 @@
 /* The request queue and its coalescing self-pipe: the compiled twin of
- * ioserver/wakeup.py (whose module docstring is the theory; read it first).
+ * ioserver/requests.py (whose module docstring is the theory; read it first).
  *
- * _native.RequestQueue is the core of wakeup.NativeWakeup: it keeps the queue,
- * the drain-pending token, the pipe and the counters, and runs the hot and
+ * _native.RequestQueue is the core of requests.NativeRequestQueue: it keeps the
+ * queue, the drain-pending token, the pipe and the counters, and runs the hot and
  * racy paths (submit, the pipe callback, wake_at, the drain, taking the queue
  * at close, closing the pipe). The Python subclass adds what is neither hot nor
  * racy: attach, close's rejections, the fork handling and the log messages.
@@ -293,7 +293,7 @@ raise_stopped(RequestQueue *self)
 /* Queue fn(*argv[1:nargs]) (argv[0] is fn) with reject (borrowed, NULL for
  * None) and, if timed, the deadline `when`; then make sure a drain comes.
  * Returns 0, or -1 with an exception set (the request is not queued unless the
- * exception comes from the loop's call_soon, as in wakeup.PyWakeup). */
+ * exception comes from the loop's call_soon, as in requests.PyRequestQueue). */
 static int
 enqueue(RequestQueue *self, PyObject *const *argv, Py_ssize_t nargs, PyObject *reject,
         int timed, double when)
@@ -885,7 +885,7 @@ static PyMethodDef RequestQueue_methods[] = {
 PyDoc_STRVAR(RequestQueue_doc,
 "RequestQueue(*, max_batch=1024, quantum=0.002)\n--\n\n"
 "The request queue of one loop and the pipe that wakes it: the compiled core of\n"
-"wakeup.NativeWakeup. Subclasses provide _Stopped (the exception class),\n"
+"requests.NativeRequestQueue. Subclasses provide _Stopped (the exception class),\n"
 "_request_failed(fn, exc) and _spinning().");
 
 static PyType_Slot RequestQueue_slots[] = {
