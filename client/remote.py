@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as _ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +43,7 @@ from ioserver.messages import Accepted, Closed
 from ioserver.port import Port, PortClosed
 from ioserver.sched import ThreadWakeup
 from ioserver.server import IOServer, default
+from ioserver.tlsclient import TLSError, client_context, explain, parse_tls_address, tls_required
 
 __all__ = ["RemoteIOServer", "RemotePort", "RemoteTimer", "connect"]
 
@@ -143,6 +145,7 @@ class _Link(asyncio.Protocol):
         self.out = bytearray()
         self.flush_scheduled = False
         self.lost = False
+        self.address = ""  # set by connect(); names the daemon in TLS errors
 
     # loop thread ------------------------------------------------------------------------
 
@@ -170,7 +173,9 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        gone = ConnectionError("the ioserver daemon closed the connection")
+        gone: ConnectionError = ConnectionError("the ioserver daemon closed the connection")
+        if exc is not None and self.address.startswith("tls://"):
+            gone = explain(exc, self.address) or gone  # e.g. a client certificate required
         for handle, _ in self.pending.values():
             if handle is not None and handle.claim():
                 handle.payload = (False, gone)
@@ -432,19 +437,46 @@ def connect(
     *,
     io: IOServer | None = None,
     timeout: float | None = 5.0,
+    ssl: _ssl.SSLContext | None = None,
 ) -> RemoteIOServer:
-    """Connect to a daemon at a Unix socket path or ``tcp://host:port``.
+    """Connect to a daemon at a Unix socket path, ``tcp://host:port`` or ``tls://host:port``.
 
-    ``token`` is sent in ``hello`` (required over TCP). ``io`` is the local I/O
-    thread that carries the connection (default: ``ioserver.server.default()``).
-    Raises the OSError of the connect (FileNotFoundError, ConnectionRefusedError...).
+    ``token`` is sent in ``hello`` (required over TCP and TLS). ``io`` is the local
+    I/O thread that carries the connection (default: ``ioserver.server.default()``).
+    ``ssl`` (``tls://`` only) is the context that verifies the daemon (and holds a
+    client certificate if the daemon requires one); default: the system's CAs, as
+    ``ssl.create_default_context()``. Raises the OSError of the connect
+    (FileNotFoundError, ConnectionRefusedError...), or a :class:`TLSError` (a
+    ConnectionError) saying what to do: an untrusted, expired or wrong certificate,
+    a client certificate required, a listener that does not speak TLS, or one
+    that does while the address said ``tcp://``.
     """
     io = io or default()
     link = _Link(io)
+    link.address = address
+    if ssl is not None and not address.startswith("tls://"):
+        raise ValueError(f"ssl= is for tls://HOST:PORT addresses, not {address!r}")
 
     async def open_link() -> None:
         loop = io.loop
-        if address.startswith("tcp://"):
+        if address.startswith("tls://"):
+            tls_host, tls_port = parse_tls_address(address)
+            context = ssl if ssl is not None else client_context()
+            try:
+                await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: link,
+                        tls_host,
+                        tls_port,
+                        ssl=context,
+                        server_hostname=tls_host,
+                        ssl_handshake_timeout=timeout,
+                    ),
+                    timeout,
+                )
+            except OSError as exc:  # TimeoutError and ssl.SSLError included
+                raise explain(exc, address, timeout) or exc from None
+        elif address.startswith("tcp://"):
             host, _, port = address[len("tcp://") :].rpartition(":")
             await asyncio.wait_for(loop.create_connection(lambda: link, host, int(port)), timeout)
         else:
@@ -452,8 +484,17 @@ def connect(
 
     io._run_coroutine(open_link)
     remote = RemoteIOServer(link, io, address)
-    if token is not None or address.startswith("tcp://"):
-        remote._call("hello", [protocol.PROTOCOL_VERSION, token], timeout=timeout)
+    if token is not None or address.startswith(("tcp://", "tls://")):
+        try:
+            remote._call("hello", [protocol.PROTOCOL_VERSION, token], timeout=timeout)
+        except protocol.RpcError as exc:
+            remote.close()
+            if tls_required(exc.details):  # a plain tcp:// client at a TLS listener
+                raise TLSError(address, exc.message, "tls required") from None
+            raise
+        except BaseException:
+            remote.close()
+            raise
     return remote
 
 
