@@ -43,7 +43,14 @@ from ioserver.messages import Accepted, Closed
 from ioserver.port import Port, PortClosed
 from ioserver.sched import ThreadWakeup
 from ioserver.server import IOServer, default
-from ioserver.tlsclient import TLSError, client_context, explain, parse_tls_address, tls_required
+from ioserver.tlsclient import (
+    TLSError,
+    client_context,
+    closed_after_handshake,
+    explain,
+    parse_tls_address,
+    tls_required,
+)
 
 __all__ = ["RemoteIOServer", "RemotePort", "RemoteTimer", "connect"]
 
@@ -146,6 +153,8 @@ class _Link(asyncio.Protocol):
         self.flush_scheduled = False
         self.lost = False
         self.address = ""  # set by connect(); names the daemon in TLS errors
+        self.received = False  # any byte from the daemon yet (see connection_lost)
+        self.gone: ConnectionError | None = None  # why the connection ended, once it has
 
     # loop thread ------------------------------------------------------------------------
 
@@ -153,6 +162,7 @@ class _Link(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.received = True
         conn = self.conn
         conn.receive_data(data)
         while True:
@@ -175,7 +185,10 @@ class _Link(asyncio.Protocol):
         self.lost = True
         gone: ConnectionError = ConnectionError("the ioserver daemon closed the connection")
         if exc is not None and self.address.startswith("tls://"):
-            gone = explain(exc, self.address) or gone  # e.g. a client certificate required
+            gone = explain(exc, self.address, handshake=False) or gone
+        if self.address.startswith("tls://") and not self.received:
+            gone = closed_after_handshake(self.address)  # its certificate refused, silently
+        self.gone = gone
         for handle, _ in self.pending.values():
             if handle is not None and handle.claim():
                 handle.payload = (False, gone)
@@ -278,10 +291,8 @@ class _Link(asyncio.Protocol):
             # Wake the caller with the error: raising here would only reach the
             # loop's log, and the caller would wait for a reply that never comes.
             if handle.claim():
-                handle.payload = (
-                    False,
-                    ConnectionError("the ioserver daemon closed the connection"),
-                )
+                gone = self.gone or ConnectionError("the ioserver daemon closed the connection")
+                handle.payload = (False, gone)
                 handle.unpark()
             return
         self.msgid = (self.msgid + 1) & 0xFFFFFFFF

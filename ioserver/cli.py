@@ -41,7 +41,14 @@ from typing import Any, NoReturn
 
 from . import __version__, protocol
 from .config import LOG_LEVELS, ConfigError, _parse_tcp, read_token_file
-from .tlsclient import TLSError, client_context, explain, parse_tls_address, tls_required
+from .tlsclient import (
+    TLSError,
+    client_context,
+    closed_after_handshake,
+    explain,
+    parse_tls_address,
+    tls_required,
+)
 
 __all__ = ["RpcClient", "UsageError", "format_stats", "format_top", "main", "parse_address"]
 
@@ -126,7 +133,11 @@ class RpcClient:
                 raise
             except OSError as exc:  # e.g. a TLS alert: a client certificate required
                 self.close()
-                raise (explain(exc, address, timeout) if kind == "tls" else None) or exc from None
+                if kind != "tls":
+                    raise
+                if isinstance(exc, ConnectionError) and not isinstance(exc, TLSError):
+                    raise closed_after_handshake(address) from None  # nothing came back
+                raise explain(exc, address, handshake=False) or exc from None
             except BaseException:
                 self.close()
                 raise

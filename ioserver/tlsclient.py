@@ -22,6 +22,7 @@ __all__ = [
     "TLS_REQUIRED",
     "TLSError",
     "client_context",
+    "closed_after_handshake",
     "explain",
     "parse_tls_address",
     "tls_required",
@@ -115,16 +116,38 @@ def client_context(
     return ctx
 
 
+def closed_after_handshake(address: str) -> TLSError:
+    """The daemon closed the connection after the TLS handshake, before answering
+    anything: what a daemon with ``tls_client_ca`` does when it refuses the
+    client's certificate (with TLS 1.3 the client learns of it only then, and
+    the daemon sends no alert)."""
+    return TLSError(
+        address,
+        "the daemon closed the connection right after the TLS handshake: it requires a "
+        "client certificate signed by its CA (server.tls_client_ca) and got none, or an "
+        "expired one, or one from another CA; load a good one into the context "
+        "(ctx.load_cert_chain(cert, key); --cert and --key on the command line). The "
+        "daemon's log names the reason",
+        "client certificate refused",
+    )
+
+
 def tls_required(error: Any) -> bool:
     """Whether an rpc error (an RpcError's ``details``) is the daemon telling a
     plain-TCP client that its port speaks TLS."""
     return isinstance(error, dict) and error.get("tls") == TLS_REQUIRED
 
 
-def explain(exc: BaseException, address: str, timeout: float | None = None) -> TLSError | None:
-    """``exc`` (from connecting to ``address`` with TLS, or from the connection
-    later) as a TLSError saying what to do; None if it is not about TLS (a
-    refused connection, an unknown host: raise those as they are)."""
+def explain(
+    exc: BaseException, address: str, timeout: float | None = None, handshake: bool = True
+) -> TLSError | None:
+    """``exc`` as a TLSError saying what to do; None if it is not about TLS (a
+    refused connection, an unknown host: raise those as they are).
+
+    ``handshake``: ``exc`` came from connecting to ``address`` with TLS, so a
+    connection reset or closed then is the daemon refusing the handshake; else
+    (the connection later) only TLS errors proper are explained.
+    """
     if isinstance(exc, TLSError):
         return exc
     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -137,7 +160,14 @@ def explain(exc: BaseException, address: str, timeout: float | None = None) -> T
             reason = "UNEXPECTED_EOF_WHILE_READING"
         hint = _REASON_HINTS.get(reason, "the TLS handshake failed")
         return TLSError(address, f"{hint} ({reason})", reason)
+    if not handshake:
+        return None
     text = str(exc)
+    if isinstance(exc, ConnectionResetError | BrokenPipeError) or (
+        isinstance(exc, ConnectionError) and "closed" in text.lower()
+    ):
+        reason = "UNEXPECTED_EOF_WHILE_READING"
+        return TLSError(address, f"{_REASON_HINTS[reason]} ({type(exc).__name__})", reason)
     if isinstance(exc, TimeoutError) or "handshake is taking longer" in text:
         within = f" within {timeout:g} s" if timeout else ""
         return TLSError(
