@@ -358,3 +358,46 @@ def test_activation_variables_for_another_process_are_ignored() -> None:
             proc.kill()
             proc.wait(START_TIMEOUT)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- the shipped units ----------------------------------------------------------------------
+
+UNITS = Path(__file__).resolve().parent.parent.parent / "config"
+SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
+
+
+def unit_lines(name: str) -> list[str]:
+    """The settings of a shipped unit (comments and blank lines left out)."""
+    text = (UNITS / name).read_text()
+    return [line for line in text.splitlines() if line and not line.startswith(("#", ";"))]
+
+
+def test_the_shipped_units_are_a_notify_service_on_an_owner_only_socket() -> None:
+    socket_unit, service = unit_lines("ioserver.socket"), unit_lines("ioserver.service")
+    assert "ListenStream=%t/ioserver.sock" in socket_unit  # the default socket path
+    assert "SocketMode=0600" in socket_unit  # what the daemon requires
+    assert "Type=notify" in service and "Requires=ioserver.socket" in service
+    assert any(line.startswith("WatchdogSec=") for line in service)
+    assert any(line.startswith("ExecStart=") and " serve " in line for line in service)
+
+
+@pytest.mark.skipif(SYSTEMD_ANALYZE is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verifies_the_shipped_units(tmp_path: Path) -> None:
+    """systemd's own parser reads both units without a complaint (ExecStart pointed at
+    this checkout's ioserver, which must exist for verify)."""
+    assert SYSTEMD_ANALYZE is not None
+    command = shutil.which("ioserver", path=os.path.dirname(sys.executable))
+    assert command is not None, "the ioserver command is not installed beside this Python"
+    for name in ("ioserver.socket", "ioserver.service"):
+        text = (UNITS / name).read_text()
+        text = text.replace("ExecStart=%h/.local/bin/ioserver", f"ExecStart={command}")
+        (tmp_path / name).write_text(text)
+    done = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", "ioserver.socket", "ioserver.service"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=T,
+    )
+    assert done.returncode == 0, done
+    assert "ioserver." not in done.stdout + done.stderr, done.stdout + done.stderr
