@@ -213,7 +213,12 @@ def _open(args: argparse.Namespace) -> tuple[str, RpcClient | None]:
     printing why nobody answers."""
     address = _address(args)
     token = _token(args)
-    context = _tls_context(args) if address.startswith("tls://") else None
+    if address.startswith("tls://"):
+        context = _tls_context(args)
+    elif args.cafile or args.cert or args.key:
+        raise UsageError("--cafile, --cert and --key are for tls://HOST:PORT addresses")
+    else:
+        context = None
     try:
         return address, RpcClient(address, token, ssl_context=context)
     except OSError as exc:

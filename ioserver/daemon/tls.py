@@ -29,10 +29,13 @@ Failed handshakes (a wrong or expired client certificate with
 authentications (warning, rate-limited, with the peer's address) and touch
 nothing else: the daemon keeps serving every other client.
 
-Reload: :func:`load_server_context` builds a context from a config (raising
-ConfigError naming the key, as at start); :meth:`TlsListener.set_context`
-swaps it in, for the handshakes that start after it (established sessions
-keep theirs). The ``SIGHUP`` reload calls both.
+Reload (``SIGHUP``) of the certificate files, in two steps so that the loop
+never reads a file: :func:`load_server_context` builds a new context from the
+new config in any thread (ConfigError naming the key, as at start: then keep
+the old one), and :func:`set_contexts`, on the loop thread, swaps it into every
+TlsListener among the daemon's servers, for the handshakes that start after
+it; established sessions keep theirs. Turning TLS on or off needs a restart
+(the listener changes kind), as a new listener address does.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any, Final, Protocol
 
 from .. import protocol
@@ -53,7 +56,13 @@ from ..server import IOServer
 from ..tlsclient import TLS_REQUIRED
 from .session import PRE_AUTH_MESSAGE_BYTES, DaemonServices, Session
 
-__all__ = ["TlsListener", "TlsSession", "load_server_context", "open_tls_listener"]
+__all__ = [
+    "TlsListener",
+    "TlsSession",
+    "load_server_context",
+    "open_tls_listener",
+    "set_contexts",
+]
 
 log = logging.getLogger("ioserver.daemon")
 
@@ -149,6 +158,18 @@ def load_server_context(server: ServerConfig) -> ssl.SSLContext | None:
             raise ConfigError(f"server.tls_client_ca: cannot read {ca!r}: {exc.strerror}") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
+
+
+def set_contexts(servers: Iterable[object], context: ssl.SSLContext) -> int:
+    """Loop thread: use ``context`` for new handshakes on every TlsListener in
+    ``servers`` (the daemon's list); how many there were (0: TLS is off, and
+    turning it on needs a restart)."""
+    count = 0
+    for server in servers:
+        if isinstance(server, TlsListener):
+            server.set_context(context)
+            count += 1
+    return count
 
 
 class TlsSession(Session):

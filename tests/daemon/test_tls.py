@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ from daemon_support import (
 import client
 from ioserver import protocol
 from ioserver.cli import RpcClient
+from ioserver.config import Config, ServerConfig
+from ioserver.daemon.serve import Daemon
+from ioserver.daemon.tls import load_server_context, set_contexts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -613,4 +616,40 @@ def test_bad_tls_settings_stop_the_daemon_with_a_message_naming_the_key() -> Non
             assert message in done.stderr, (keys, done.stderr)
             assert "Traceback" not in done.stderr
     finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_set_contexts_swaps_the_certificate_for_new_handshakes_only() -> None:
+    """The hook the SIGHUP reload uses (in-process here, as the reload will call it):
+    new handshakes get the new certificate, an established session keeps going."""
+    directory = short_tmpdir("iostls-")
+    certs = make_certs(Path(directory))
+    port = free_port()
+    server = ServerConfig(
+        socket=os.path.join(directory, "s.sock"),
+        tcp=f"{HOST}:{port}",
+        token=TOKEN,
+        tls_cert=certs.path("server.pem"),
+        tls_key=certs.path("server.key"),
+    )
+    daemon = Daemon(Config(server=server))
+    daemon.start()
+    address = f"tls://{HOST}:{port}"
+    try:
+        before = client.connect(address, token=TOKEN, ssl=certs.context())
+        renewed = replace(
+            server, tls_cert=certs.path("stranger.pem"), tls_key=certs.path("stranger.key")
+        )
+        context = load_server_context(renewed)
+        assert context is not None
+        assert daemon.io.call(set_contexts, daemon._servers, context) == 1
+        with pytest.raises(client.TLSError, match="not signed by a CA this client trusts"):
+            client.connect(address, token=TOKEN, ssl=certs.context())
+        other = ssl.create_default_context(cafile=certs.path("other-ca.pem"))
+        with client.connect(address, token=TOKEN, ssl=other) as after:
+            assert after.ping() == "pong"
+        assert before.ping() == "pong"
+        before.close()
+    finally:
+        daemon.stop()
         shutil.rmtree(directory, ignore_errors=True)
