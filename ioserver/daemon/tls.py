@@ -300,6 +300,8 @@ class TlsListener:
 
     async def _handshake(self, pending: _Pending) -> None:
         loop = self.io.loop
+        if pending not in self.pending:  # expired or dropped before this task ran
+            return
         if pending.timer is not None:
             pending.timer.cancel()  # from here ssl_handshake_timeout enforces the deadline
         remaining = pending.deadline - loop.time()

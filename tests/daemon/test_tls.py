@@ -619,9 +619,13 @@ def test_bad_tls_settings_stop_the_daemon_with_a_message_naming_the_key() -> Non
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_set_contexts_swaps_the_certificate_for_new_handshakes_only() -> None:
+def test_set_contexts_swaps_the_certificate_for_new_handshakes_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The hook the SIGHUP reload uses (in-process here, as the reload will call it):
     new handshakes get the new certificate, an established session keeps going."""
+    for name in ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS"):  # a daemon in this process
+        monkeypatch.delenv(name, raising=False)  # must not talk to the runner's systemd
     directory = short_tmpdir("iostls-")
     certs = make_certs(Path(directory))
     port = free_port()
