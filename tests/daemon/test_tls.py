@@ -28,6 +28,7 @@ from typing import Any
 import msgpack
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization  # trustme's own dependency
 from daemon_support import (
     TOKEN,
     DaemonProcess,
@@ -598,6 +599,16 @@ def test_bad_tls_settings_stop_the_daemon_with_a_message_naming_the_key() -> Non
         loose = certs.path("loose.key")
         shutil.copy(key, loose)
         os.chmod(loose, 0o644)
+        encrypted = certs.path("encrypted.key")  # a passphrase the daemon can't ask for
+        private = serialization.load_pem_private_key(Path(key).read_bytes(), None)
+        Path(encrypted).write_bytes(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"passphrase"),
+            )
+        )
+        os.chmod(encrypted, 0o600)
         cases = [
             ({"tcp": tcp, "tls_cert": cert}, 2, "server.tls_cert and server.tls_key go together"),
             ({"tcp": tcp, "tls_cert": cert, "tls_key": loose}, 2, "chmod 600"),
@@ -607,6 +618,7 @@ def test_bad_tls_settings_stop_the_daemon_with_a_message_naming_the_key() -> Non
                 "not a PEM certificate and its private key",
             ),
             ({"tcp": tcp, "tls_cert": cert, "tls_key": key + ".missing"}, 2, "cannot read"),
+            ({"tcp": tcp, "tls_cert": cert, "tls_key": encrypted}, 2, "tls_key is encrypted"),
             ({"tls_cert": cert, "tls_key": key}, 1, "server.tcp is empty"),
             ({"tcp": tcp, "tls_client_ca": cert}, 2, "tls_client_ca needs server.tls_cert"),
         ]
