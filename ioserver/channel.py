@@ -129,6 +129,8 @@ class ChannelClosed(Exception):
         self.value = value
 
     def __str__(self) -> str:
+        if hasattr(self.channel, "inbox"):  # a port (port.py), named as the user holds it
+            return f"no more messages from {self.channel!r}: its inbox is closed"
         return f"channel {self.channel!r} is closed"
 
 
@@ -340,9 +342,17 @@ class PyChannel(Closing, Generic[T]):
         return len(self._buf)
 
     def __repr__(self) -> str:
-        cap = "unbounded" if self._capacity is None else f"capacity={self._capacity}"
+        """``<Channel unbounded buffered=0>``, ``<Channel capacity=8 buffered=3>``,
+        ``<Channel rendezvous>``, then `` closed`` once closed: the public name
+        whatever the flavour (as the native core's); a subclass shows its own."""
+        name = "Channel" if type(self) in _FLAVOURS else type(self).__qualname__
         state = " closed" if self._closed else ""
-        return f"<{type(self).__qualname__.lstrip('_')} Channel {cap} buffered={len(self)}{state}>"
+        capacity = self._capacity
+        if capacity is None:
+            return f"<{name} unbounded buffered={len(self)}{state}>"
+        if capacity == 0:
+            return f"<{name} rendezvous{state}>"
+        return f"<{name} capacity={capacity} buffered={len(self)}{state}>"
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot: buffered, capacity, waiting senders/receivers, closed."""
@@ -1014,6 +1024,13 @@ def _ask_a_sender(ch: PyChannel[Any], own: WakeupHandle | None = None) -> None:
             break
     senders.extendleft(reversed(mine))
     ch._swake = ch._closed or bool(senders)
+
+
+#: The classes ``PyChannel(capacity)`` instantiates. They are one public class to
+#: the user: named PyChannel (``type(ch).__name__``), shown as Channel by repr.
+_FLAVOURS = (_Unbounded, _Bounded, _Rendezvous)
+for _flavour in _FLAVOURS:
+    _flavour.__name__ = _flavour.__qualname__ = "PyChannel"
 
 
 # ---------------------------------------------------------------------------------

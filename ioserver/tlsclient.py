@@ -1,6 +1,6 @@
 """The client side of TLS to a daemon: ``tls://`` addresses, contexts, errors that say what to do.
 
-Shared by the Python client (``client.connect("tls://host:port", ssl=...)``)
+Shared by the Python client (``ioserver_client.connect("tls://host:port", ssl=...)``)
 and the command line (``ioserver ping tls://host:port --cafile ca.pem``), so
 both read the same addresses and explain a failed handshake the same way.
 

@@ -15,7 +15,7 @@ accounted for from its first moment, before any TLS:
    Anything else is a plain-TCP client on the TLS port; it gets a msgpack-rpc
    error in clear text (code 6, ``details.tls = "required"``, the message:
    connect with ``tls://``), as the answer to its ``hello`` when that is what
-   it sent, and is closed. ``client.connect`` raises that as a TLSError.
+   it sent, and is closed. ``ioserver_client.connect`` raises that as a TLSError.
 3. The handshake: ``loop.connect_accepted_socket(ssl=context)``, asyncio's or
    uvloop's non-blocking TLS, with ``ssl_handshake_timeout`` = what is left of
    ``limits.hello_timeout`` since the accept. The session (a

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..messages import Accepted
 from ..port import Port
-from .base import Driver, DriverHost
+from .base import Driver, DriverHost, native_input
 from .options import PortOptions, take_options
 
 __all__ = ["ACCEPT_BATCH", "ListenerDriver", "StreamDriver", "connect", "listen", "tcp_sockets"]
@@ -151,6 +151,10 @@ class StreamDriver(Driver, asyncio.Protocol):
         if self.transport is not None:
             info["transport_buffer"] = self.transport.get_write_buffer_size()
         return info
+
+
+if native_input:  # the native core: feed, and fail on an exception, in C (csrc/deliver.c)
+    StreamDriver.data_received = native_input["data_received"]  # type: ignore[method-assign]
 
 
 class ListenerDriver(Driver):

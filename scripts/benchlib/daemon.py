@@ -474,7 +474,7 @@ def _daemon_workloads(cfg: Config, daemon: DaemonProc) -> list[Row]:
             Contender(
                 "remote.ping()",
                 remote(partial(ping_run, path, timeout=to)),
-                "client.connect(socket).ping()",
+                "ioserver_client.connect(socket).ping()",
             ),
         ]
         rows += measure(cfg, "ping_rt", contenders, n=trips, unit="µs/rt", baseline="io.call(noop)")

@@ -483,7 +483,7 @@ def served(daemon: str | None, timeout: float) -> Iterator[Any]:
         if daemon is None:
             yield io
         else:
-            import client as ioclient
+            import ioserver_client as ioclient
 
             remote = ioclient.connect(daemon, io=io, timeout=timeout)
             try:

@@ -34,7 +34,7 @@ from daemon_support import (
     wait_for,
 )
 
-import client
+import ioserver_client
 from ioserver import protocol
 from ioserver.cli import RpcClient
 
@@ -227,7 +227,7 @@ def test_spawned_programs_inherit_no_activation_variables(by_hand: Activated) ->
         "import os; print(sorted(k for k in os.environ"
         " if k.startswith(('LISTEN_', 'NOTIFY_', 'WATCHDOG_'))), os.path.exists('/proc/self/fd/3'))"
     )
-    with client.connect(d.socket_path) as remote:
+    with ioserver_client.connect(d.socket_path) as remote:
         proc = remote.spawn([sys.executable, "-c", show], packet="line")
         line = proc.recv(timeout=T).data
     assert line.strip() == b"[] False", line

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,9 @@ from daemon_support import (
     wait_for,
 )
 
-import client
+import ioserver_client
 from ioserver import protocol
 from ioserver.cli import RpcClient
-from ioserver.config import Config, ServerConfig
-from ioserver.daemon.serve import Daemon
-from ioserver.daemon.tls import load_server_context, set_contexts
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -123,7 +120,7 @@ class TlsDaemon:
     def ping(self, ctx: ssl.SSLContext | None = None) -> bool:
         """A TLS client completes hello and ping (the daemon still serves TLS)."""
         try:
-            with client.connect(
+            with ioserver_client.connect(
                 self.address, token=TOKEN, ssl=ctx or self.certs.context("client")
             ) as remote:
                 return remote.ping() == "pong"
@@ -150,19 +147,12 @@ def start_tls_daemon(
     }
     if client_ca:
         keys["tls_client_ca"] = certs.path("ca.pem")
-    add_server_keys(d, keys)
+    d.write_config(server=keys)
     d.start()  # waits for the Unix socket; TLS is checked by each test
     daemon = TlsDaemon(d, certs, port)
     if cert == "server":
         wait_for(daemon.ping, what="a TLS ping")
     return daemon
-
-
-def add_server_keys(d: DaemonProcess, keys: dict[str, str]) -> None:
-    """Add ``[server]`` keys to a DaemonProcess's config before it starts."""
-    text = Path(d.config_path).read_text()
-    lines = "".join(f'{k} = "{v}"\n' for k, v in keys.items())
-    Path(d.config_path).write_text(text.replace("[server]\n", "[server]\n" + lines, 1))
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +199,9 @@ def test_a_client_with_the_ca_uses_the_daemon_over_tls(
     tls_daemon: TlsDaemon, echo_server: EchoServer
 ) -> None:
     """Through TLS: hello with the token, a port opened by the daemon, bytes both ways."""
-    with client.connect(tls_daemon.address, token=TOKEN, ssl=tls_daemon.certs.context()) as remote:
+    with ioserver_client.connect(
+        tls_daemon.address, token=TOKEN, ssl=tls_daemon.certs.context()
+    ) as remote:
         assert remote.ping() == "pong"
         conn = remote.connect_tcp(*echo_server.address)
         conn.send(b"over tls\n")
@@ -237,7 +229,7 @@ def test_the_daemon_says_where_it_listens_with_tls(tls_daemon: TlsDaemon) -> Non
 
 def test_the_token_is_still_required_over_tls(tls_daemon: TlsDaemon) -> None:
     with pytest.raises(protocol.RpcError, match="wrong token"):
-        client.connect(tls_daemon.address, token="x" * 20, ssl=tls_daemon.certs.context())
+        ioserver_client.connect(tls_daemon.address, token="x" * 20, ssl=tls_daemon.certs.context())
     with pytest.raises(protocol.RpcError, match="token required"):
         RpcClient(tls_daemon.address, None, ssl_context=tls_daemon.certs.context())
     assert tls_daemon.ping()
@@ -251,8 +243,8 @@ def test_a_plain_tcp_client_is_told_to_use_tls(tls_daemon: TlsDaemon) -> None:
     in clear text: the client raises TLSError naming the tls:// address; the CLI says
     so in one line."""
     plain = f"tcp://{HOST}:{tls_daemon.port}"
-    with pytest.raises(client.TLSError, match=f"connect with {tls_daemon.address}"):
-        client.connect(plain, token=TOKEN)
+    with pytest.raises(ioserver_client.TLSError, match=f"connect with {tls_daemon.address}"):
+        ioserver_client.connect(plain, token=TOKEN)
     line = one_line_error(cli("ping", plain))
     assert f"connect with {tls_daemon.address}" in line
     with RawClient((HOST, tls_daemon.port)) as raw:  # what a client in any language sees
@@ -275,8 +267,8 @@ def test_an_untrusted_daemon_certificate_is_a_clear_error(
     tls_daemon: TlsDaemon, ca: str | None, expected: str, cli_hint: str
 ) -> None:
     ctx = ssl.create_default_context(cafile=tls_daemon.certs.path(ca) if ca else None)
-    with pytest.raises(client.TLSError, match=expected) as caught:
-        client.connect(tls_daemon.address, token=TOKEN, ssl=ctx)
+    with pytest.raises(ioserver_client.TLSError, match=expected) as caught:
+        ioserver_client.connect(tls_daemon.address, token=TOKEN, ssl=ctx)
     assert isinstance(caught.value, ConnectionError)
     args = ["ping", tls_daemon.address] + (["--cafile", tls_daemon.certs.path(ca)] if ca else [])
     line = one_line_error(cli(*args))
@@ -299,8 +291,8 @@ def test_a_wrong_daemon_certificate_is_a_clear_error(
     the client (trusting the first CA) says which."""
     other = start_tls_daemon(cert=cert, certs=tls_daemon.certs)
     try:
-        with pytest.raises(client.TLSError, match=expected):
-            client.connect(other.address, token=TOKEN, ssl=other.certs.context())
+        with pytest.raises(ioserver_client.TLSError, match=expected):
+            ioserver_client.connect(other.address, token=TOKEN, ssl=other.certs.context())
         line = one_line_error(cli("ping", other.address, "--cafile", other.certs.path("ca.pem")))
         assert expected in line, line
         assert other.process.ping()  # its Unix socket still serves
@@ -348,8 +340,8 @@ def test_a_client_waiting_for_a_handshake_that_never_comes_times_out(tmp_path: P
     try:
         certs = make_certs(tmp_path)
         started = time.monotonic()
-        with pytest.raises(client.TLSError, match=r"no TLS handshake within 0\.5 s"):
-            client.connect(
+        with pytest.raises(ioserver_client.TLSError, match=r"no TLS handshake within 0\.5 s"):
+            ioserver_client.connect(
                 f"tls://{HOST}:{mute.address[1]}", token=TOKEN, ssl=certs.context(), timeout=0.5
             )
         assert time.monotonic() - started < T
@@ -363,8 +355,8 @@ def test_a_tls_client_at_a_plain_listener_is_a_clear_error(
     d = daemon_factory(tcp=True, token=True)
     assert d.tcp is not None
     certs = make_certs(Path(d.dir))
-    with pytest.raises(client.TLSError, match="does not speak TLS"):
-        client.connect(f"tls://{HOST}:{d.tcp[1]}", token=TOKEN, ssl=certs.context())
+    with pytest.raises(ioserver_client.TLSError, match="does not speak TLS"):
+        ioserver_client.connect(f"tls://{HOST}:{d.tcp[1]}", token=TOKEN, ssl=certs.context())
     assert rpc_ping(d.tcp_address, TOKEN)
 
 
@@ -380,8 +372,10 @@ def test_handshakes_count_against_the_unauthenticated_limit() -> None:
             sock.setblocking(False)
             with pytest.raises(BlockingIOError):  # still open: no EOF, nothing to read
                 sock.recv(1)
-        with pytest.raises(client.TLSError, match=r"unauthenticated|closed the connection"):
-            client.connect(daemon.address, token=TOKEN, ssl=daemon.certs.context())
+        with pytest.raises(
+            ioserver_client.TLSError, match=r"unauthenticated|closed the connection"
+        ):
+            ioserver_client.connect(daemon.address, token=TOKEN, ssl=daemon.certs.context())
         for sock in silent:
             sock.close()
         wait_for(daemon.ping, what="TLS served again")
@@ -432,8 +426,10 @@ def test_a_client_certificate_signed_by_the_ca_is_accepted(mtls_daemon: TlsDaemo
 def test_a_missing_or_wrong_client_certificate_is_a_clear_error(
     mtls_daemon: TlsDaemon, cert: str | None, expected: str
 ) -> None:
-    with pytest.raises(client.TLSError, match=expected):
-        client.connect(mtls_daemon.address, token=TOKEN, ssl=mtls_daemon.certs.context(cert))
+    with pytest.raises(ioserver_client.TLSError, match=expected):
+        ioserver_client.connect(
+            mtls_daemon.address, token=TOKEN, ssl=mtls_daemon.certs.context(cert)
+        )
     args = ["ping", mtls_daemon.address, "--cafile", mtls_daemon.certs.path("ca.pem")]
     if cert:
         args += ["--cert", mtls_daemon.certs.path(cert + ".pem")]
@@ -631,41 +627,36 @@ def test_bad_tls_settings_stop_the_daemon_with_a_message_naming_the_key() -> Non
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def test_set_contexts_swaps_the_certificate_for_new_handshakes_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The hook the SIGHUP reload uses (in-process here, as the reload will call it):
-    new handshakes get the new certificate, an established session keeps going."""
-    for name in ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS"):  # a daemon in this process
-        monkeypatch.delenv(name, raising=False)  # must not talk to the runner's systemd
-    directory = short_tmpdir("iostls-")
-    certs = make_certs(Path(directory))
-    port = free_port()
-    server = ServerConfig(
-        socket=os.path.join(directory, "s.sock"),
-        tcp=f"{HOST}:{port}",
-        token=TOKEN,
-        tls_cert=certs.path("server.pem"),
-        tls_key=certs.path("server.key"),
-    )
-    daemon = Daemon(Config(server=server))
-    daemon.start()
-    address = f"tls://{HOST}:{port}"
+def test_sighup_reloads_the_certificate_files_for_new_handshakes() -> None:
+    """A renewed certificate (here: from another CA, to tell them apart) serves the
+    handshakes after the SIGHUP; the session made before goes on. Turning TLS off is
+    restart-only, and a key that doesn't match is refused: the running one stays."""
+    daemon = start_tls_daemon()
+    d, certs = daemon.process, daemon.certs
+    other = ssl.create_default_context(cafile=certs.path("other-ca.pem"))
     try:
-        before = client.connect(address, token=TOKEN, ssl=certs.context())
-        renewed = replace(
-            server, tls_cert=certs.path("stranger.pem"), tls_key=certs.path("stranger.key")
+        with ioserver_client.connect(daemon.address, token=TOKEN, ssl=certs.context()) as before:
+            d.write_config(
+                server={
+                    "tls_cert": certs.path("stranger.pem"),
+                    "tls_key": certs.path("stranger.key"),
+                }
+            )
+            d.hangup()
+            assert "server.tls_cert" in d.wait_log("configuration reloaded on SIGHUP")
+            assert daemon.ping(other)
+            with pytest.raises(ioserver_client.TLSError, match="not signed by a CA"):
+                ioserver_client.connect(daemon.address, token=TOKEN, ssl=certs.context())
+            assert before.ping() == "pong"
+        d.write_config(server={"tls_cert": "", "tls_key": ""})
+        d.hangup()
+        d.wait_log("server.tls_cert changed in the configuration: it needs a restart")
+        assert daemon.ping(other)  # still TLS, with the reloaded certificate
+        d.write_config(
+            server={"tls_cert": certs.path("server.pem"), "tls_key": certs.path("client.key")}
         )
-        context = load_server_context(renewed)
-        assert context is not None
-        assert daemon.io.call(set_contexts, daemon._servers, context) == 1
-        with pytest.raises(client.TLSError, match="not signed by a CA this client trusts"):
-            client.connect(address, token=TOKEN, ssl=certs.context())
-        other = ssl.create_default_context(cafile=certs.path("other-ca.pem"))
-        with client.connect(address, token=TOKEN, ssl=other) as after:
-            assert after.ping() == "pong"
-        assert before.ping() == "pong"
-        before.close()
+        d.hangup()
+        assert "not a PEM certificate and its private key" in d.wait_log("reload on SIGHUP refused")
+        assert daemon.ping(other)
     finally:
-        daemon.stop()
-        shutil.rmtree(directory, ignore_errors=True)
+        stop_and_check(d)
