@@ -2,7 +2,8 @@
 
 import ioserver_client
 io = ioserver_client.connect()        # the daemon's default socket; or a path,
-                                      # or "tcp://host:port" with token=...
+                                      # or "tcp://host:port" with token=...,
+                                      # or "tls://host:port" with token=..., ssl=context
 conn = io.connect_tcp("127.0.0.1", 8080, packet="line")  # a RemotePort
 conn.send(b"hello\\n")
 msg = conn.recv()                                        # Data / Closed / ...
@@ -12,6 +13,8 @@ The package lives in the repository's ``client/`` folder and installs as
 ``client.py``).
 """
 
+from ioserver.tlsclient import TLSError
+
 from .remote import RemoteIOServer, RemotePort, RemoteTimer, connect
 
-__all__ = ["RemoteIOServer", "RemotePort", "RemoteTimer", "connect"]
+__all__ = ["RemoteIOServer", "RemotePort", "RemoteTimer", "TLSError", "connect"]

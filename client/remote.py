@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl as _ssl
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Unpack
@@ -53,6 +54,14 @@ from ioserver.messages import Accepted, Closed
 from ioserver.port import Port, PortClosed, describe, encode_for_send
 from ioserver.sched import ThreadWakeup
 from ioserver.server import IOServer, default
+from ioserver.tlsclient import (
+    TLSError,
+    client_context,
+    closed_after_handshake,
+    explain,
+    parse_tls_address,
+    tls_required,
+)
 
 __all__ = ["RemoteIOServer", "RemotePort", "RemoteTimer", "connect"]
 
@@ -174,6 +183,9 @@ class _Link(asyncio.Protocol):
         self.out = bytearray()
         self.flush_scheduled = False
         self.lost = False
+        self.address = ""  # set by connect(); names the daemon in TLS errors
+        self.received = False  # any byte from the daemon yet (see connection_lost)
+        self.gone: ConnectionError | None = None  # why the connection ended, once it has
 
     # loop thread ------------------------------------------------------------------------
 
@@ -181,6 +193,7 @@ class _Link(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.received = True
         conn = self.conn
         conn.receive_data(data)
         while True:
@@ -201,7 +214,12 @@ class _Link(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        gone = ConnectionError("the ioserver daemon closed the connection")
+        gone: ConnectionError = ConnectionError("the ioserver daemon closed the connection")
+        if exc is not None and self.address.startswith("tls://"):
+            gone = explain(exc, self.address, handshake=False) or gone
+        if self.address.startswith("tls://") and not self.received:
+            gone = closed_after_handshake(self.address)  # its certificate refused, silently
+        self.gone = gone
         for handle, _ in self.pending.values():
             if handle is not None and handle.claim():
                 handle.payload = (False, gone)
@@ -309,10 +327,8 @@ class _Link(asyncio.Protocol):
             # Wake the caller with the error: raising here would only reach the
             # loop's log, and the caller would wait for a reply that never comes.
             if handle.claim():
-                handle.payload = (
-                    False,
-                    ConnectionError("the ioserver daemon closed the connection"),
-                )
+                gone = self.gone or ConnectionError("the ioserver daemon closed the connection")
+                handle.payload = (False, gone)
                 handle.unpark()
             return
         self.msgid = (self.msgid + 1) & 0xFFFFFFFF
@@ -479,23 +495,51 @@ def connect(
     *,
     io: IOServer | None = None,
     timeout: float | None = 5.0,
+    ssl: _ssl.SSLContext | None = None,
 ) -> RemoteIOServer:
-    """Connect to a daemon at a Unix socket path or ``tcp://host:port``; with no
-    address, at the daemon's default socket (``ioserver.config.default_socket_path()``,
-    where ``ioserver serve`` listens by default).
+    """Connect to a daemon at a Unix socket path, ``tcp://host:port`` or
+    ``tls://host:port``; with no address, at the daemon's default socket
+    (``ioserver.config.default_socket_path()``, where ``ioserver serve`` listens by
+    default).
 
-    ``token`` is sent in ``hello`` (required over TCP). ``io`` is the local I/O
-    thread that carries the connection (default: ``ioserver.server.default()``).
-    Raises the OSError of the connect (FileNotFoundError, ConnectionRefusedError...).
+    ``token`` is sent in ``hello`` (required over TCP and TLS). ``io`` is the local
+    I/O thread that carries the connection (default: ``ioserver.server.default()``).
+    ``ssl`` (``tls://`` only) is the context that verifies the daemon (and holds a
+    client certificate if the daemon requires one); default: the system's CAs, as
+    ``ssl.create_default_context()``. Raises the OSError of the connect
+    (FileNotFoundError, ConnectionRefusedError...), or a :class:`TLSError` (a
+    ConnectionError) saying what to do: an untrusted, expired or wrong certificate,
+    a client certificate required, a listener that does not speak TLS, or one
+    that does while the address said ``tcp://``.
     """
     if address is None:
         address = default_socket_path()
     io = io or default()
     link = _Link(io)
+    link.address = address
+    if ssl is not None and not address.startswith("tls://"):
+        raise ValueError(f"ssl= is for tls://HOST:PORT addresses, not {address!r}")
 
     async def open_link() -> None:
         loop = io.loop
-        if address.startswith("tcp://"):
+        if address.startswith("tls://"):
+            tls_host, tls_port = parse_tls_address(address)
+            context = ssl if ssl is not None else client_context()
+            try:
+                await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda: link,
+                        tls_host,
+                        tls_port,
+                        ssl=context,
+                        server_hostname=tls_host,
+                        ssl_handshake_timeout=timeout,
+                    ),
+                    timeout,
+                )
+            except OSError as exc:  # TimeoutError and ssl.SSLError included
+                raise explain(exc, address, timeout) or exc from None
+        elif address.startswith("tcp://"):
             host, _, port = address[len("tcp://") :].rpartition(":")
             await asyncio.wait_for(loop.create_connection(lambda: link, host, int(port)), timeout)
         else:
@@ -503,8 +547,17 @@ def connect(
 
     io._run_coroutine(open_link)
     remote = RemoteIOServer(link, io, address)
-    if token is not None or address.startswith("tcp://"):
-        remote._call("hello", [protocol.PROTOCOL_VERSION, token], timeout=timeout)
+    if token is not None or address.startswith(("tcp://", "tls://")):
+        try:
+            remote._call("hello", [protocol.PROTOCOL_VERSION, token], timeout=timeout)
+        except protocol.RpcError as exc:
+            remote.close()
+            if tls_required(exc.details):  # a plain tcp:// client at a TLS listener
+                raise TLSError(address, exc.message, "tls required") from None
+            raise
+        except BaseException:
+            remote.close()
+            raise
     return remote
 
 

@@ -6,9 +6,11 @@ configuration, 130 interrupted (Ctrl-C). A failure is one line on stderr,
 never a traceback; a closed stdout (``ioserver top | head -1``) ends the
 command quietly.
 
-Addresses: a Unix socket path (``unix:PATH`` also works) or
-``tcp://HOST:PORT`` (``tcp://[::1]:PORT`` for IPv6); without one, the
-configured socket (``--config``, else the default path).
+Addresses: a Unix socket path (``unix:PATH`` also works),
+``tcp://HOST:PORT`` (``tcp://[::1]:PORT`` for IPv6) or ``tls://HOST:PORT``
+(verified against ``--cafile``, else the system's CAs; ``--cert``/``--key``
+for a daemon that requires client certificates); without one, the configured
+socket (``--config``, else the default path).
 
 Tokens are never given on the command line, where every local user can read
 them (``ps``): clients take ``--token-file PATH`` (a file of mode 0600, like
@@ -30,6 +32,7 @@ import json
 import os
 import select
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -37,6 +40,14 @@ from typing import Any, NoReturn
 
 from . import __version__, protocol
 from .config import LOG_LEVELS, ConfigError, _parse_tcp, read_token_file
+from .tlsclient import (
+    TLSError,
+    client_context,
+    closed_after_handshake,
+    explain,
+    parse_tls_address,
+    tls_required,
+)
 
 __all__ = ["RpcClient", "UsageError", "format_stats", "format_top", "main", "parse_address"]
 
@@ -64,7 +75,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def parse_address(text: str) -> tuple[str, Any]:
-    """``("unix", path)`` or ``("tcp", (host, port))``; UsageError for anything else."""
+    """``("unix", path)``, ``("tcp", (host, port))`` or ``("tls", (host, port))``;
+    UsageError for anything else."""
+    if text.startswith("tls://"):
+        try:
+            return "tls", parse_tls_address(text)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if text.startswith("tcp://"):
         try:
             return "tcp", _parse_tcp(text[len("tcp://") :])
@@ -89,19 +106,37 @@ class RpcClient:
     "token required (use --token-file or IOSERVER_TOKEN)".
     """
 
-    def __init__(self, address: str, token: str | None = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         kind, where = parse_address(address)
-        self.sock = _connect(kind, where, timeout)
+        try:
+            self.sock = _connect(kind, where, timeout, ssl_context)
+        except OSError as exc:  # ssl.SSLError included: say what to do about it
+            raise (explain(exc, address, timeout) if kind == "tls" else None) or exc from None
         self.conn = protocol.Connection()
         self.msgid = 0
-        if token is not None or kind == "tcp":
+        if token is not None or kind in ("tcp", "tls"):
             try:
                 self.call("hello", protocol.PROTOCOL_VERSION, token)
             except protocol.RpcError as exc:
                 self.close()
+                if tls_required(exc.details):  # tcp:// at a TLS listener
+                    raise TLSError(address, exc.message, "tls required") from None
                 if exc.code == protocol.NOT_ALLOWED and token is None:
                     raise protocol.RpcError(exc.code, f"token required ({TOKEN_HINT})") from None
                 raise
+            except OSError as exc:  # e.g. a TLS alert: a client certificate required
+                self.close()
+                if kind != "tls":
+                    raise
+                if isinstance(exc, ConnectionError) and not isinstance(exc, TLSError):
+                    raise closed_after_handshake(address) from None  # nothing came back
+                raise explain(exc, address, handshake=False) or exc from None
             except BaseException:
                 self.close()
                 raise
@@ -129,7 +164,17 @@ class RpcClient:
         self.sock.close()
 
 
-def _connect(kind: str, where: Any, timeout: float) -> socket.socket:
+def _connect(
+    kind: str, where: Any, timeout: float, ssl_context: ssl.SSLContext | None = None
+) -> socket.socket:
+    if kind == "tls":
+        raw = socket.create_connection(where, timeout=timeout)
+        try:
+            context = ssl_context or client_context()
+            return context.wrap_socket(raw, server_hostname=where[0])
+        except BaseException:
+            raw.close()
+            raise
     if kind == "tcp":
         return socket.create_connection(where, timeout=timeout)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -167,14 +212,32 @@ def _open(args: argparse.Namespace) -> tuple[str, RpcClient | None]:
     printing why nobody answers."""
     address = _address(args)
     token = _token(args)
+    if address.startswith("tls://"):
+        context = _tls_context(args)
+    elif args.cafile or args.cert or args.key:
+        raise UsageError("--cafile, --cert and --key are for tls://HOST:PORT addresses")
+    else:
+        context = None
     try:
-        return address, RpcClient(address, token)
+        return address, RpcClient(address, token, ssl_context=context)
     except OSError as exc:
         _no_answer(address, exc)
         return address, None
 
 
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext:
+    """The context ``--cafile``, ``--cert`` and ``--key`` describe; UsageError if a
+    file can't be loaded."""
+    try:
+        return client_context(args.cafile, args.cert, args.key)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise UsageError(f"--cafile/--cert/--key: cannot load the TLS files: {exc}") from None
+
+
 def _no_answer(address: str, exc: BaseException) -> None:
+    if isinstance(exc, TLSError):  # it answered, but TLS failed: the message says why
+        print(f"ioserver: {exc}", file=sys.stderr)
+        return
     print(f"ioserver: no answer from {address}: {exc}", file=sys.stderr)
 
 
@@ -597,8 +660,11 @@ def build_parser() -> ArgumentParser:
         p.add_argument(
             "address",
             nargs="?",
-            help="socket path or tcp://HOST:PORT (default: the configured socket)",
+            help="socket path, tcp://HOST:PORT or tls://HOST:PORT (default: the configured socket)",
         )
+        p.add_argument("--cafile", help="tls://: CA certificate(s) (PEM) to verify the daemon with")
+        p.add_argument("--cert", help="tls://: client certificate (PEM), if the daemon wants one")
+        p.add_argument("--key", help="tls://: the client certificate's private key (PEM)")
         p.add_argument("--config", help="config file to find the default socket in")
         p.add_argument(
             "--token-file",

@@ -13,7 +13,9 @@ Sections and keys (defaults in parentheses):
     ``socket`` (``""``: the default path, see :func:`default_socket_path`),
     ``tcp`` (``""``: off; else ``"host:port"``), ``token`` / ``token_file``
     (``""``), ``insecure`` (false), ``loop`` ("auto"), ``log_level`` ("info"),
-    ``log_format`` ("text").
+    ``log_format`` ("text"), ``tls_cert`` / ``tls_key`` / ``tls_client_ca``
+    (``""``: the TCP listener speaks TLS with that PEM certificate and key; with a
+    CA, clients must present a certificate it signed; see ``ioserver.daemon.tls``).
 ``[limits]``
     ``sessions`` (1000), ``ports_per_session`` (1000), ``max_frame_bytes``
     (16 MiB), ``max_message_bytes`` (16 MiB), ``pending_bytes`` (4 MiB),
@@ -145,6 +147,23 @@ def _parse_tcp(value: str) -> tuple[str, int]:
     return host, port
 
 
+def _check_tls(server: ServerConfig) -> None:
+    """``tls_cert`` and ``tls_key`` go together; ``tls_client_ca`` needs them. (The
+    files themselves are read when the daemon starts: ``daemon.tls.load_server_context``.)"""
+    for key in ("tls_cert", "tls_key", "tls_client_ca"):
+        _check_str(f"server.{key}", getattr(server, key))
+    if bool(server.tls_cert) != bool(server.tls_key):
+        raise ConfigError(
+            "server.tls_cert and server.tls_key go together: set both (PEM files: the "
+            "certificate chain and its private key) or neither"
+        )
+    if server.tls_client_ca and not server.tls_cert:
+        raise ConfigError(
+            "server.tls_client_ca needs server.tls_cert and server.tls_key: client "
+            "certificates are checked only on a TLS listener"
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """``[server]``: where the daemon listens, who may connect, how it runs."""
@@ -159,6 +178,12 @@ class ServerConfig:
     """A file holding the token (mode 0600); its content becomes ``token``."""
     insecure: bool = False
     """Allow ``tcp`` without a token (any local user can then connect)."""
+    tls_cert: str = ""
+    """PEM certificate (chain) of the TCP listener; with ``tls_key`` it speaks TLS."""
+    tls_key: str = ""
+    """PEM private key of ``tls_cert`` (mode 0600 or stricter, not encrypted)."""
+    tls_client_ca: str = ""
+    """PEM CA certificate(s): TLS clients must present a certificate one of them signed."""
     loop: str = "auto"
     """Event loop: "auto" (uvloop if installed), "uvloop" or "asyncio"."""
     log_level: str = "info"
@@ -197,6 +222,7 @@ class ServerConfig:
                 "(python -c 'import secrets; print(secrets.token_urlsafe(32))'), or "
                 "server.token; or set server.insecure = true to accept clients without one"
             )
+        _check_tls(self)
 
     def socket_path(self) -> str:
         """The Unix socket path to use: ``socket`` (``~`` expanded) or the default."""

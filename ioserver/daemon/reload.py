@@ -11,11 +11,11 @@ What a reload changes, and when it takes effect:
   (rotation); sessions that already authenticated stay.
 - TLS certificate files: new handshakes, through :func:`reload_tls`.
 
-What it can't change: ``server.socket``, ``server.tcp``, ``server.loop`` and
-``[metrics] listen`` (the listeners are bound once); a change to one is logged
-("... needs a restart") and the running value kept. A file that doesn't load
-is logged with the message ``ioserver serve`` gives for it ("ioserver: bad
-configuration: ...") and nothing changes.
+What it can't change: ``server.socket``, ``server.tcp``, ``server.loop``,
+``[metrics] listen`` (the listeners are bound once) and turning TLS on or
+off; a change to one is logged ("... needs a restart") and the running value
+kept. A file that doesn't load is logged with the message ``ioserver serve``
+gives for it ("ioserver: bad configuration: ...") and nothing changes.
 
 Threads: the signal handler (main thread) only schedules :meth:`Reloader.start`
 on the loop: it runs in the main thread, where signals are delivered, and the
@@ -42,6 +42,7 @@ from ..config import Config, ConfigError, load
 from ..server import IOServer
 from . import logs
 from .counters import Counters
+from .tls import load_server_context, set_contexts
 
 __all__ = ["ConfigSource", "Reloader", "changed_keys", "reload_tls"]
 
@@ -66,6 +67,8 @@ class Daemon(Protocol):
     def counters(self) -> Counters: ...
     @property
     def sessions(self) -> Set[Any]: ...
+    @property
+    def servers(self) -> list[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -84,10 +87,19 @@ class ConfigSource:
 
 def reload_tls(daemon: Daemon, config: Config) -> Callable[[], None] | None:
     """The TLS hook of a reload: read ``config``'s certificate files (a worker
-    thread; raise ConfigError if they don't load) and return what installs them
-    on the loop, or None. A no-op without TLS; the TLS listener wires its
-    certificate reload here (the single call site is :meth:`Reloader._read`)."""
-    return None
+    thread; raise ConfigError, as at start, if they don't load) and return what
+    installs them on the loop (``tls.set_contexts``: new handshakes get them,
+    established sessions keep theirs), or None without TLS. Turning TLS on or
+    off is restart-only (:meth:`Reloader._read`): the listener changes kind."""
+    context = load_server_context(config.server)
+    if context is None:
+        return None
+    servers = daemon.servers
+
+    def install() -> None:
+        set_contexts(servers, context)
+
+    return install
 
 
 def _flatten(config: Config) -> dict[str, Any]:
@@ -115,11 +127,24 @@ def _describe(key: str, old: Config, new: Config) -> str:
 
 def _keep_listeners(old: Config, new: Config) -> Config:
     """``new`` with the restart-only keys of ``old`` (ConfigError if that combination
-    is invalid, e.g. the running TCP listener with the token removed)."""
+    is invalid, e.g. the running TCP listener with the token removed); with TLS
+    turned on or off, the running TLS keys too."""
     server = dataclasses.replace(
         new.server, socket=old.server.socket, tcp=old.server.tcp, loop=old.server.loop
     )
+    if _tls_toggled(old, new):
+        server = dataclasses.replace(
+            server,
+            tls_cert=old.server.tls_cert,
+            tls_key=old.server.tls_key,
+            tls_client_ca=old.server.tls_client_ca,
+        )
     return dataclasses.replace(new, server=server, metrics=old.metrics)
+
+
+def _tls_toggled(old: Config, new: Config) -> bool:
+    """TLS turned on or off (a plain listener can't become a TLS one, or back)."""
+    return bool(old.server.tls_cert) != bool(new.server.tls_cert)
 
 
 class Reloader:
@@ -158,6 +183,8 @@ class Reloader:
             raise ConfigError("this daemon was started from a Config object, not a file")
         new = self.source.read()
         restart = [key for key in changed_keys(old, new) if key in RESTART_ONLY]
+        if _tls_toggled(old, new):
+            restart.append("server.tls_cert")
         if restart:
             new = _keep_listeners(old, new)
         return new, restart, reload_tls(self.daemon, new)

@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +29,7 @@ from typing import Any
 
 from ..config import Config
 from ..server import IOServer
-from . import logs
+from . import logs, systemd, tls
 from .counters import Counters
 from .metrics import MetricsError, MetricsServer
 from .reload import ConfigSource, Reloader
@@ -86,6 +87,12 @@ class Daemon:
         self.socket_path = config.server.socket_path()
         self.tcp_address: tuple[str, int] | None = None
         self._stop = threading.Event()
+        # Sockets and a notify socket from systemd (daemon/systemd.py); the variables
+        # are read and removed now, before any program is spawned.
+        self.activation = systemd.Activation.from_environ()
+        self.activation.check(config.server)
+        self.created_socket = False  # only a socket file we created is removed at exit
+        self.tls_context: ssl.SSLContext | None = None  # the TCP listener's, if TLS
 
     # -- sessions (loop thread) --------------------------------------------------------
 
@@ -168,6 +175,11 @@ class Daemon:
         or ConfigError for a bad file (logged; the running configuration stays)."""
         return self.reloader.submit(reason)
 
+    @property
+    def servers(self) -> list[Any]:
+        """The listeners (asyncio servers, TLS listeners): what a TLS reload updates."""
+        return self._servers
+
     def stats_on_loop(self) -> dict[str, Any]:
         """The ``stats`` method's answer: the loop's counters plus sessions and ports."""
         stats = self.io.stats()
@@ -193,8 +205,18 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the I/O thread and the listeners; StartError if they can't be had."""
-        self._prepare_socket_path()
+        """Start the I/O thread and the listeners; StartError if they can't be had
+        (ConfigError for TLS files or systemd sockets that can't be used)."""
+        self.tls_context = tls.load_server_context(self.config.server)
+        if self.activation.sockets:
+            self._check_activation()
+        else:
+            if self.tls_context is not None and not self.config.server.tcp:
+                raise StartError(
+                    "server.tls_cert is set but server.tcp is empty: TLS is for the TCP "
+                    'listener; set server.tcp (e.g. "127.0.0.1:7000") or remove tls_cert'
+                )
+            self._prepare_socket_path()
         self.io.start()
         try:
             self.io._run_coroutine(self._listen_async)
@@ -212,10 +234,13 @@ class Daemon:
     def addresses(self) -> list[str]:
         """Where the daemon listens, as ``ioserver ping`` takes them: the socket path,
         then ``tcp://host:port`` (the bound port, if the config asked for port 0)."""
-        found = [self.socket_path]
+        found = [self.socket_path] if self.socket_path else []
         if self.tcp_address is not None:
             host, port = self.tcp_address
-            found.append(f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}")
+            scheme = "tls" if self.tls_context is not None else "tcp"
+            found.append(
+                f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+            )
         return found
 
     def _prepare_socket_path(self) -> None:
@@ -246,15 +271,23 @@ class Daemon:
     async def _listen_async(self) -> None:
         """Loop thread: start the Unix listener (and the TCP one if configured)."""
         loop = self.io.loop
+        if self.activation.sockets:
+            await self._listen_inherited()
+            return
         old_umask = os.umask(0o177)  # the socket file is created 0600
         try:
             unix = await loop.create_unix_server(lambda: Session(self, "unix"), self.socket_path)
         finally:
             os.umask(old_umask)
+        self.created_socket = True
         os.chmod(self.socket_path, 0o600)
         self._servers.append(unix)
         tcp = self.config.server.tcp_address()
-        if tcp is not None:
+        if tcp is not None and self.tls_context is not None:
+            listener = await tls.open_tls_listener(self, self.tls_context, *tcp)
+            self._servers.append(listener)
+            self.tcp_address = listener.sockets[0].getsockname()[:2]
+        elif tcp is not None:
             host, port = tcp
             server = await loop.create_server(
                 lambda: Session(self, "tcp"), host, port, reuse_address=True
@@ -262,6 +295,37 @@ class Daemon:
             self._servers.append(server)
             name = server.sockets[0].getsockname()
             self.tcp_address = (name[0], name[1])
+
+    def _check_activation(self) -> None:
+        """Socket activation: what the config says about listening no longer applies."""
+        if self.config.server.socket or self.config.server.tcp:
+            log.info("ioserver: socket activation: server.socket and server.tcp are not used")
+        if self.tls_context is not None and not self.activation.tcp():
+            raise StartError(
+                "server.tls_cert is set but systemd passed no TCP socket: add a "
+                "ListenStream=HOST:PORT to the .socket unit, or remove tls_cert"
+            )
+        unix = self.activation.unix()
+        self.socket_path = unix[0].address() if unix else ""
+
+    async def _listen_inherited(self) -> None:
+        """Loop thread: serve on the sockets systemd passed (fds 3...), by family."""
+        loop = self.io.loop
+        for inherited in self.activation.sockets:
+            if inherited.family == socket.AF_UNIX:
+                server: Any = await loop.create_unix_server(
+                    lambda: Session(self, "unix"), sock=inherited.sock
+                )
+            elif self.tls_context is not None:
+                server = await tls.open_tls_listener(
+                    self, self.tls_context, sockets=[inherited.sock]
+                )
+            else:
+                server = await loop.create_server(lambda: Session(self, "tcp"), sock=inherited.sock)
+            self._servers.append(server)
+            log.info("ioserver: serving fd %d (%s)", inherited.fd, inherited.name)
+            if inherited.family != socket.AF_UNIX and self.tcp_address is None:
+                self.tcp_address = inherited.sock.getsockname()[:2]
 
     def run(self) -> int:
         """Start, serve until SIGINT/SIGTERM, stop; the process exit code."""
@@ -273,6 +337,8 @@ class Daemon:
         )
         if self.metrics is not None:
             logs.announce(f"ioserver: metrics on {self.metrics.url}", metrics=self.metrics.url)
+        status = f"listening on {' and '.join(self.addresses())}"
+        self.io.call_soon(self.activation.ready, self.io.loop, status)  # READY=1 from the loop
         try:
             while not self._stop.wait(0.5):
                 if not self.io.running:
@@ -306,6 +372,7 @@ class Daemon:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Tell clients, close sessions and ports, stop the I/O thread, remove the socket."""
+        self.activation.stopping()
         if self.metrics is not None:  # first: no scrape waits for a stopping loop
             self.metrics.close(timeout)
             self.metrics = None
@@ -314,8 +381,10 @@ class Daemon:
                 self.io.call(self._stop_on_loop, timeout=timeout)
         self.io.stop(timeout)
         self.pool.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
+        self.activation.close()
+        if self.created_socket:  # never one systemd made (or another daemon's)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
 
     def _stop_on_loop(self) -> None:
         for server in self._servers:

@@ -29,6 +29,7 @@ ORDER = [
     "ioserver.server",
     "ioserver.config",
     "ioserver.protocol",
+    "ioserver.tlsclient",
     "ioserver.daemon",
     "ioserver.cli",
     "client",
