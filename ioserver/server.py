@@ -54,7 +54,7 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core import NATIVE
-from .sched import AsyncWakeup, ThreadWakeup
+from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle, foreign_async_task, green_task
 from .wakeup import DEFAULT_MAX_BATCH, DEFAULT_QUANTUM, ServerStopped, Wakeup
 
 if TYPE_CHECKING:
@@ -295,6 +295,12 @@ class IOServer:
         (``fn`` may still run)."""
         if threading.get_ident() == self._ident:
             self._check_not_loop_thread("IOServer.call()")
+        task = green_task()
+        if task is not None:  # a greenlet (or a using_task scheduler) parks alone
+            ok, value = self._call_in(task, _run_call, fn, args, timeout)
+            if ok:
+                return value  # type: ignore[no-any-return]
+            raise value
         handle = ThreadWakeup()
         self._wakeup.submit(_run_call, fn, args, handle, reject=handle)
         if not handle.park(timeout):
@@ -307,6 +313,12 @@ class IOServer:
     async def acall(self, fn: Callable[..., R], *args: Any) -> R:
         """``call`` for a coroutine on another loop: awaits without blocking it."""
         self._check_not_loop_thread("IOServer.acall()")
+        task = foreign_async_task()
+        if task is not None:  # a trio task (or a using_task scheduler)
+            ok, value = await self._acall_in(task, _run_call, fn, args, None)
+            if ok:
+                return value  # type: ignore[no-any-return]
+            raise value
         handle = AsyncWakeup()
         self._wakeup.submit(_run_call, fn, args, handle, reject=handle)
         await handle.park()
@@ -320,6 +332,12 @@ class IOServer:
     ) -> R:
         """Run the coroutine ``make(*args)`` on the loop and wait for its result."""
         self._check_not_loop_thread("this call")
+        task = green_task()
+        if task is not None:
+            ok, value = self._call_in(task, _start_coroutine, make, args, timeout)
+            if ok:
+                return value  # type: ignore[no-any-return]
+            raise value
         handle = ThreadWakeup()
         self._wakeup.submit(_start_coroutine, make, args, handle, reject=handle)
         if not handle.park(timeout):
@@ -328,6 +346,52 @@ class IOServer:
         if ok:
             return value  # type: ignore[no-any-return]
         raise value
+
+    # -- calls from tasks of any kind (greenlets, trio tasks, using_task plug-ins) -------
+    #
+    # The request carries the task's handle; the I/O thread's outcome wakes it
+    # (claim, payload, unpark), and a rejected request (the server stopped) wakes
+    # it with ServerStopped. A task that gives up (timeout, cancel, kill) holds the
+    # claim, so the late outcome is dropped: the call may still run, as documented.
+
+    def _call_in(
+        self,
+        task: Any,
+        runner: Callable[..., None],
+        fn: Any,
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> tuple[bool, Any]:
+        """Submit ``runner(fn, args, handle)`` and park ``task`` for its outcome."""
+        box: list[WakeupHandle] = []
+        if not task.block_after(self._submitter(box, runner, fn, args), timeout):
+            raise TimeoutError(f"{fn!r} did not finish on the I/O thread in {timeout} s")
+        return box[0].payload  # type: ignore[no-any-return]
+
+    async def _acall_in(
+        self,
+        task: Any,
+        runner: Callable[..., None],
+        fn: Any,
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> tuple[bool, Any]:
+        """``_call_in`` for an ``await`` task."""
+        box: list[WakeupHandle] = []
+        if not await task.block_after(self._submitter(box, runner, fn, args), timeout):
+            raise TimeoutError(f"{fn!r} did not finish on the I/O thread in {timeout} s")
+        return box[0].payload  # type: ignore[no-any-return]
+
+    def _submitter(
+        self, box: list[WakeupHandle], runner: Callable[..., None], fn: Any, args: tuple[Any, ...]
+    ) -> Callable[[WakeupHandle], None]:
+        """The ``f`` of ``block_after``: queue the request with the task's handle."""
+
+        def submit(handle: WakeupHandle) -> None:
+            box.append(handle)
+            self._wakeup.submit(runner, fn, args, handle, reject=handle)
+
+        return submit
 
     # -- loop-thread bookkeeping --------------------------------------------------------
 
