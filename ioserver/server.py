@@ -46,6 +46,7 @@ import atexit
 import contextlib
 import logging
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -55,6 +56,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core import NATIVE
 from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle, foreign_async_task, green_task
+from .sched._original import Flag, allocate_lock, get_ident, start_new_thread
 from .wakeup import DEFAULT_MAX_BATCH, DEFAULT_QUANTUM, ServerStopped, Wakeup
 
 if TYPE_CHECKING:
@@ -111,9 +113,9 @@ class IOServer:
         self._thread: threading.Thread | None = None
         self._ident: int | None = None
         self._state = NEW
-        self._state_lock = threading.Lock()
-        self._started = threading.Event()
-        self._stopped = threading.Event()
+        self._state_lock = allocate_lock()
+        self._started = Flag()
+        self._stopped = Flag()
         # Loop thread only: every live driver, for stats and shutdown.
         self._drivers: set[Driver] = set()
         self._ports_opened = 0
@@ -139,8 +141,13 @@ class IOServer:
                     raise ServerStopped(f"{self!r} cannot be restarted; make a new IOServer")
                 return self
             self._state = RUNNING
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
+            if _threading_patched():
+                # gevent's patch_all() makes threading.Thread a greenlet: the loop
+                # would block its hub for ever. The I/O thread is always an OS thread.
+                start_new_thread(self._run, ())
+            else:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
         self._started.wait()
         if self.failure is not None:
             raise RuntimeError(f"{self!r} failed to start") from self.failure
@@ -164,7 +171,7 @@ class IOServer:
         if state == RUNNING:
             with contextlib.suppress(ServerStopped):
                 self._wakeup.submit(self._begin_stop, timeout)
-        if threading.get_ident() == self._ident:
+        if get_ident() == self._ident:
             return  # called on the I/O thread: the stop proceeds after this callback
         if not self._stopped.wait(timeout + 5.0):
             warnings.warn(f"{self!r} did not stop within {timeout + 5.0} s", stacklevel=2)
@@ -186,7 +193,7 @@ class IOServer:
 
     def _run(self) -> None:
         """The I/O thread."""
-        self._ident = threading.get_ident()
+        self._ident = get_ident()
         try:
             loop = _new_loop(self._loop_kind)
         except BaseException as exc:
@@ -242,8 +249,8 @@ class IOServer:
         self._inherited = True
         # Other threads of the parent may have held these at the fork.
         self._state_lock = threading.Lock()
-        self._started = threading.Event()
-        self._stopped = threading.Event()
+        self._started = Flag()
+        self._stopped = Flag()
         self._started.set()
         self._stopped.set()
         if self._state != DEAD:
@@ -273,7 +280,7 @@ class IOServer:
     # -- calls into the loop -------------------------------------------------------------
 
     def _check_not_loop_thread(self, what: str) -> None:
-        if threading.get_ident() == self._ident:
+        if get_ident() == self._ident:
             raise RuntimeError(
                 f"{what} blocks until the I/O thread answers, so it cannot be called on the "
                 "I/O thread itself; use call_soon() or do the work directly"
@@ -293,7 +300,7 @@ class IOServer:
         exception). Raises RuntimeError at once if called from the I/O thread,
         ServerStopped if the server stops first, TimeoutError after ``timeout``
         (``fn`` may still run)."""
-        if threading.get_ident() == self._ident:
+        if get_ident() == self._ident:
             self._check_not_loop_thread("IOServer.call()")
         task = green_task()
         if task is not None:  # a greenlet (or a using_task scheduler) parks alone
@@ -523,6 +530,12 @@ class IOServer:
         from .drivers import file
 
         return file.open_file(self, path, mode, options)
+
+
+def _threading_patched() -> bool:
+    """Whether gevent's monkey-patching replaced ``threading``'s threads by greenlets."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
 
 
 def _run_call(fn: Callable[..., Any], args: tuple[Any, ...], handle: Any) -> None:

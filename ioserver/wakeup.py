@@ -72,9 +72,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import weakref
-from _thread import allocate_lock
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
@@ -82,6 +80,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._core import native
 from .sched import WakeupHandle
+from .sched._original import allocate_lock, get_ident
 
 if TYPE_CHECKING:
     from ._native import RequestQueue as _RequestQueue
@@ -92,7 +91,7 @@ __all__ = ["PyWakeup", "Request", "ServerStopped", "Wakeup"]
 
 log = logging.getLogger("ioserver")
 
-_get_ident = threading.get_ident
+_get_ident = get_ident  # the OS thread's, even under gevent's patching
 
 #: Most requests one drain runs before it lets I/O callbacks run. 1024 keeps
 #: a batch of no-op requests near 0.2 ms here, while a burst of 200k requests
@@ -135,13 +134,13 @@ class PyWakeup:
         self._pending = allocate_lock()
         # Held by close() for its final drain; late producers wait on it
         # (only at shutdown, never on the hot path).
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._done = False
         # What a submit after the end raises with (fork changes it).
         self._why = "the I/O server has stopped"
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Guards closing the pipe against a producer inside write() (see _write_pipe).
-        self._fd_lock = threading.Lock()
+        self._fd_lock = allocate_lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self.max_batch = max_batch
@@ -371,8 +370,8 @@ class PyWakeup:
         self._why = _FORKED_WHY
         # Another thread of the parent may have held these at the fork; it does
         # not exist here, so they would never be released.
-        self._lock = threading.Lock()
-        self._fd_lock = threading.Lock()
+        self._lock = allocate_lock()
+        self._fd_lock = allocate_lock()
         self._queue.clear()
         for fd in (self._rfd, self._wfd):
             if fd >= 0:

@@ -20,7 +20,7 @@ import importlib
 import sys
 from typing import Any
 
-__all__ = ["allocate_lock", "get_ident", "local", "original", "sleep", "start_new_thread"]
+__all__ = ["Flag", "allocate_lock", "get_ident", "local", "original", "sleep", "start_new_thread"]
 
 
 def original(module: str, name: str) -> Any:
@@ -36,3 +36,35 @@ get_ident = original("_thread", "get_ident")
 start_new_thread = original("_thread", "start_new_thread")
 local = original("_thread", "_local")
 sleep = original("time", "sleep")
+
+
+class Flag:
+    """``threading.Event``'s set/is_set/wait, made of an original lock: it stays an
+    OS-level event under gevent's patching (a patched Event set from another OS
+    thread cannot wake a hub that has nothing else to watch: ``LoopExit``)."""
+
+    __slots__ = ("_guard", "_lock", "_set")
+
+    def __init__(self) -> None:
+        self._lock = allocate_lock()
+        self._lock.acquire()  # held until set()
+        self._guard = allocate_lock()
+        self._set = False
+
+    def set(self) -> None:
+        with self._guard:
+            if not self._set:
+                self._set = True
+                self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until set (True) or ``timeout`` passes (the flag's state then)."""
+        if self._set:
+            return True
+        if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+            self._lock.release()  # leave it released for every other waiter
+            return True
+        return self._set
