@@ -55,7 +55,14 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core import NATIVE
-from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle, foreign_async_task, green_task
+from .sched import (
+    AsyncWakeup,
+    ThreadWakeup,
+    WakeupHandle,
+    foreign_async_task,
+    green_task,
+    run_blocking,
+)
 from .sched._original import Flag, allocate_lock, get_ident, start_new_thread
 from .wakeup import DEFAULT_MAX_BATCH, DEFAULT_QUANTUM, ServerStopped, Wakeup
 
@@ -530,6 +537,47 @@ class IOServer:
         from .drivers import file
 
         return file.open_file(self, path, mode, options)
+
+    # -- awaitable openers ------------------------------------------------------------
+    #
+    # The same opens for an ``await`` task (asyncio or trio): the blocking form runs in
+    # a helper thread (name resolution included), so the caller's loop never waits;
+    # a cancelled open closes the port it made (sched/_blocking.py).
+
+    async def aconnect_tcp(self, host: str, port: int, **options: Any) -> Port:
+        """``connect_tcp`` for coroutines and trio tasks; never blocks the caller's loop."""
+        return await run_blocking(lambda: self.connect_tcp(host, port, **options), _close_port)
+
+    async def alisten_tcp(self, host: str, port: int, **options: Any) -> Port:
+        """``listen_tcp`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.listen_tcp(host, port, **options), _close_port)
+
+    async def aconnect_unix(self, path: str, **options: Any) -> Port:
+        """``connect_unix`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.connect_unix(path, **options), _close_port)
+
+    async def alisten_unix(self, path: str, **options: Any) -> Port:
+        """``listen_unix`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.listen_unix(path, **options), _close_port)
+
+    async def aopen_udp(self, local_addr: tuple[str, int] | None = None, **options: Any) -> Port:
+        """``open_udp`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.open_udp(local_addr, **options), _close_port)
+
+    async def aspawn(self, argv: list[str], **options: Any) -> Port:
+        """``spawn`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.spawn(argv, **options), _close_port)
+
+    async def aopen_file(self, path: str, mode: str = "rb", **options: Any) -> Port:
+        """``open_file`` for coroutines and trio tasks (a FIFO's open may wait for
+        its other end: the caller's loop runs meanwhile)."""
+        return await run_blocking(lambda: self.open_file(path, mode, **options), _close_port)
+
+
+def _close_port(port: Port) -> None:
+    """An awaitable open whose caller gave up: close the port nobody will own."""
+    with contextlib.suppress(Exception):
+        port.close()
 
 
 def _threading_patched() -> bool:

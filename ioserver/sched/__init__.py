@@ -13,12 +13,15 @@ depends on who calls (:func:`current_task` for blocking calls,
 * ``trio``: trio tasks (``TrioTask``), imported once trio runs;
 * ``_current``: which of them is running, and :func:`using_task`, the scoped
   override through which a third-party scheduler plugs in;
+* ``_blocking``: :func:`run_blocking`, a blocking call awaited from any await
+  task kind without blocking its loop (the awaitable openers);
 * ``_original``: the thread primitives as they were before gevent's
   monkey-patching (the claim lock stays native).
 
 See docs/architecture.md ("Task kinds").
 """
 
+from ._blocking import run_blocking
 from ._current import (
     current_async_task,
     current_task,
@@ -61,6 +64,7 @@ __all__ = [
     "current_task",
     "foreign_async_task",
     "green_task",
+    "run_blocking",
     "shielded",
     "thread_wakeup",
     "using_task",
