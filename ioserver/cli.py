@@ -279,6 +279,8 @@ COUNTERS: dict[str, str] = {
     "max_batch": "the most requests run in one drain",
     "longest_batch_ms": "the longest drain in milliseconds (high: the loop stalled)",
     "pending": "requests waiting for the I/O thread right now",
+    "stalls": "functions that held the I/O thread longer than slow_callback_ms",
+    "longest_stall_ms": "the longest of those stalls in milliseconds",
 }
 #: Keys shown in the header lines rather than as counters.
 _HEADER_KEYS = {
@@ -412,7 +414,8 @@ def format_top(
         f"bytes {rate('bytes')}",
         f"I/O thread: requests {loop_rate('requests')}  batches {loop_rate('batches')}  "
         f"pipe writes/request {per_request:.4f}  longest batch "
-        f"{stats.get('longest_batch_ms')} ms  pending {stats.get('pending')}",
+        f"{stats.get('longest_batch_ms')} ms  pending {stats.get('pending')}  "
+        f"stalls {stats.get('stalls', 0)} (longest {stats.get('longest_stall_ms', 0)} ms)",
         "",
         format_sessions(list(stats.get("session_list") or [])),
     ]

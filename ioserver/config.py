@@ -12,7 +12,8 @@ Sections and keys (defaults in parentheses):
 ``[server]``
     ``socket`` (``""``: the default path, see :func:`default_socket_path`),
     ``tcp`` (``""``: off; else ``"host:port"``), ``token`` / ``token_file``
-    (``""``), ``insecure`` (false), ``loop`` ("auto"), ``log_level`` ("info").
+    (``""``), ``insecure`` (false), ``loop`` ("auto"), ``log_level`` ("info"),
+    ``slow_callback_ms`` (100: the I/O thread's watchdog; 0 turns it off).
 ``[limits]``
     ``sessions`` (1000), ``ports_per_session`` (1000), ``max_frame_bytes``
     (16 MiB), ``max_message_bytes`` (16 MiB), ``pending_bytes`` (4 MiB),
@@ -157,8 +158,12 @@ class ServerConfig:
     """Event loop: "auto" (uvloop if installed), "uvloop" or "asyncio"."""
     log_level: str = "info"
     """Logging threshold on stderr: "debug", "info", "warning" or "error"."""
+    slow_callback_ms: int = 100
+    """Warn (with its stack) about a function holding the I/O thread longer; 0: off."""
 
     def __post_init__(self) -> None:
+        if type(self.slow_callback_ms) is not int or self.slow_callback_ms < 0:
+            raise _fail("server.slow_callback_ms", "an integer >= 0", self.slow_callback_ms)
         _check_str("server.socket", self.socket)
         _check_str("server.tcp", self.tcp)
         _check_str("server.token", self.token)

@@ -62,9 +62,11 @@ from .sched import (
     foreign_async_task,
     green_task,
     run_blocking,
+    thread_task,
 )
 from .sched._original import Flag, allocate_lock, get_ident, start_new_thread
 from .wakeup import DEFAULT_MAX_BATCH, DEFAULT_QUANTUM, ServerStopped, Wakeup
+from .watchdog import DEFAULT_SLOW_CALLBACK, Watchdog
 
 if TYPE_CHECKING:
     from .drivers.base import Driver
@@ -109,9 +111,13 @@ class IOServer:
         name: str = "ioserver",
         max_batch: int = DEFAULT_MAX_BATCH,
         quantum: float = DEFAULT_QUANTUM,
+        slow_callback: float | None = DEFAULT_SLOW_CALLBACK,
     ) -> None:
         self._loop_kind = loop
         self._name = name
+        # Reports a call/call_soon function holding the I/O thread longer than
+        # slow_callback seconds, while it does (watchdog.py); None: no watchdog.
+        self._watchdog = None if slow_callback is None else Watchdog(slow_callback, name)
         self._wakeup = Wakeup(max_batch=max_batch, quantum=quantum)
         # The hot path: call_soon (documented below) is the queue's own, so a
         # request costs no Python frame here (with the native core, none at all).
@@ -213,9 +219,10 @@ class IOServer:
         self.loop_type = f"{type(loop).__module__}.{type(loop).__qualname__}"
         asyncio.set_event_loop(loop)
         try:
-            self._wakeup.attach(loop)
+            self._wakeup.attach(loop, None if self._watchdog is None else self._watchdog.guard)
             self._started.set()
-            loop.run_forever()
+            with thread_task(_LOOP_THREAD_TASK):  # blocking calls here raise
+                loop.run_forever()
             self._state = STOPPED
         except BaseException as exc:
             self.failure = exc
@@ -230,6 +237,8 @@ class IOServer:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
             asyncio.set_event_loop(None)
+            if self._watchdog is not None:
+                self._watchdog.stop()
             self._stopped.set()
 
     def _begin_stop(self, timeout: float) -> None:
@@ -432,7 +441,9 @@ class IOServer:
         wakeup; ``max_batch``: the largest drain; ``longest_batch_ms``: the
         longest drain; ``pending``: requests queued now; ``ports``: open ports
         by kind; ``ports_opened``: ports ever opened; ``state``; ``loop``;
-        ``core``: "native" (the compiled core) or "python".
+        ``core``: "native" (the compiled core) or "python"; ``stalls``: drains
+        (``call``/``call_soon`` functions) that held the I/O thread longer than
+        ``slow_callback``, ``longest_stall_ms``: the longest of them.
         """
         w = self._wakeup
         kinds: dict[str, int] = {}
@@ -453,6 +464,10 @@ class IOServer:
             "ports": kinds,
             "open_ports": sum(kinds.values()),
             "ports_opened": self._ports_opened,
+            "stalls": 0 if self._watchdog is None else self._watchdog.stalls,
+            "longest_stall_ms": (
+                0.0 if self._watchdog is None else round(self._watchdog.longest_stall * 1000, 3)
+            ),
         }
 
     # -- ports -----------------------------------------------------------------------------
@@ -572,6 +587,30 @@ class IOServer:
         """``open_file`` for coroutines and trio tasks (a FIFO's open may wait for
         its other end: the caller's loop runs meanwhile)."""
         return await run_blocking(lambda: self.open_file(path, mode, **options), _close_port)
+
+
+class _LoopThreadTask:
+    """The blocking task of the I/O thread: it refuses to block. The loop never
+    waits on user code (docs/architecture.md), so a ``recv``/``select`` that
+    would wait, a ``send`` that would wait, or a busy port's ``send``, made in a
+    callback on the I/O thread, raises at once instead of stalling every port."""
+
+    __slots__ = ()
+
+    def yield_now(self) -> None:
+        pass
+
+    def block_after(
+        self, f: Callable[[WakeupHandle], object], timeout: float | None = None
+    ) -> bool:
+        raise RuntimeError(
+            "a blocking call (recv, select, a send that must wait) on the ioserver I/O "
+            "thread would stall every port: use try_recv/try_send, or await "
+            "arecv/asend/aselect in a coroutine on the loop"
+        )
+
+
+_LOOP_THREAD_TASK = _LoopThreadTask()
 
 
 def _close_port(port: Port) -> None:

@@ -233,11 +233,14 @@ class PyWakeup:
 
     # -- loop side ------------------------------------------------------------------
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Loop thread: start listening to the pipe."""
+    def attach(
+        self, loop: asyncio.AbstractEventLoop, guard: Callable[[Any], Any] | None = None
+    ) -> None:
+        """Loop thread: start listening to the pipe (each drain through ``guard``,
+        the server's watchdog, if given)."""
         self._loop = loop
         self._thread = _get_ident()
-        loop.add_reader(self._rfd, self._on_pipe)
+        loop.add_reader(self._rfd, self._on_pipe if guard is None else guard(self._on_pipe))
 
     def _on_pipe(self) -> None:
         """Loop thread: the pipe is readable; drain it, then the queue."""
@@ -436,10 +439,12 @@ if native is not None or TYPE_CHECKING:
             # The C core's __new__ took the arguments and made the pipe.
             _LIVE.add(self)
 
-        def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-            """Loop thread: start listening to the pipe."""
+        def attach(
+            self, loop: asyncio.AbstractEventLoop, guard: Callable[[Any], Any] | None = None
+        ) -> None:
+            """Loop thread: start listening to the pipe (through ``guard``, if given)."""
             self._attach(loop)
-            loop.add_reader(self._rfd, self._on_pipe)
+            loop.add_reader(self._rfd, self._on_pipe if guard is None else guard(self._on_pipe))
 
         def close(self, reason: BaseException | None = None) -> None:
             """Loop thread (or after the loop died): refuse new requests, reject queued ones."""

@@ -658,12 +658,14 @@ static PyType_Spec tw_spec = {
 
 /* Live using_task() scopes (sched/_current.py keeps the count here through _green_scope). */
 static Py_ssize_t green_scopes = 0;
+/* This thread's blocking calls go through Python (an I/O thread, which refuses them). */
+static _Thread_local char thread_green = 0;
 static PyObject *str_gevent = NULL;
 
 int
 ioserver_green_possible(void)
 {
-    if (green_scopes > 0) {
+    if (thread_green || green_scopes > 0) {
         return 1;
     }
     PyObject *modules = PyImport_GetModuleDict();  /* borrowed */
@@ -678,6 +680,17 @@ green_scope(PyObject *module, PyObject *arg)
         return NULL;
     }
     green_scopes += delta;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+thread_scope(PyObject *module, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    thread_green = (char)on;
     Py_RETURN_NONE;
 }
 
@@ -705,6 +718,8 @@ after_fork_child(PyObject *module, PyObject *unused)
 static PyMethodDef sched_functions[] = {
     {"_green_scope", green_scope, METH_O,
      "Add (+1/-1) to the count of live using_task() scopes (sched/_current.py)."},
+    {"_thread_scope", thread_scope, METH_O,
+     "Whether this thread's blocking calls ask Python first (an I/O thread: sched.py)."},
     {"_set_main_thread", set_main_thread, METH_O,
      "Record the ident of the thread where signal handlers run."},
     {"_after_fork_child", after_fork_child, METH_NOARGS,

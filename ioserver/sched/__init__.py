@@ -27,6 +27,7 @@ from ._current import (
     current_task,
     foreign_async_task,
     green_task,
+    thread_task,
     using_task,
     yield_now,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "green_task",
     "run_blocking",
     "shielded",
+    "thread_task",
     "thread_wakeup",
     "using_task",
     "yield_now",

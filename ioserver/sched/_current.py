@@ -30,6 +30,7 @@ __all__ = [
     "current_task",
     "foreign_async_task",
     "green_task",
+    "thread_task",
     "using_task",
     "yield_now",
 ]
@@ -125,3 +126,24 @@ def yield_now() -> None:
     in a greenlet, the rest of the time slice in a thread. (An ``await`` task
     yields with ``await current_async_task().yield_now()``.)"""
     current_task().yield_now()
+
+
+@contextmanager
+def thread_task(task: TaskLike) -> Iterator[None]:
+    """Make ``task`` the blocking task of this whole thread while the block runs,
+    at the cost of this thread only (the native core asks Python first in this
+    thread alone, not in every thread as for :func:`using_task`). The I/O thread
+    uses it to refuse blocking calls."""
+    global _overrides
+    before = getattr(_scoped, "sync", None)
+    _scoped.sync = task
+    _overrides += 1
+    if native is not None:
+        native._thread_scope(True)
+    try:
+        yield
+    finally:
+        _overrides -= 1
+        if native is not None:
+            native._thread_scope(False)
+        _scoped.sync = before
