@@ -10,18 +10,20 @@ Theory of operation
 -------------------
 The loop runs guarded sections (``guard(fn)`` wraps the request-queue drain,
 where every ``call``/``call_soon`` function runs): entering stores the start
-time and bumps a generation; leaving clears the start time and records the
-section's duration (``stalls``: sections longer than the limit;
-``longest_stall``). A watchdog thread, started on the first section, checks the
-current section at its deadline (start + limit): if the same section is still
-running, it logs one warning with the I/O thread's stack
-(``sys._current_frames``), and none again for that section.
+time, leaving clears it. A watchdog thread, started on the first section, looks
+at the running section at its deadline (start + limit): if the same section is
+still running, it logs one warning with the I/O thread's stack
+(``sys._current_frames``), then looks every tenth of the limit until the
+section ends. The section is then counted (``stalls``) and timed
+(``longest_stall``) once: by the loop thread as it leaves (it reads one
+attribute per section to know), or by the watchdog if it notices first (then
+to a tenth of the limit).
 
 Idle costs nothing: after a full period in which no section ran, the watchdog
 parks on a lock with no timeout, and the next section to start releases it
 (the loop thread only looks at a flag otherwise). Under load it wakes once per
-``limit`` at most, not once per section, so a section costs two clock reads
-and a few attribute writes.
+``limit`` at most, not once per section, so a section costs one clock read,
+two attribute writes and two reads on the loop thread.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class Watchdog:
         self._name = name
         self._ident = 0  # the I/O thread (set by the first section)
         self._since = 0.0  # start of the running section; 0.0 between sections
-        self._gen = 0  # sections entered
+        self._stuck = 0.0  # start of the section reported stuck, until it is counted
+        self._stall_lock = allocate_lock()
         self._parked = True  # the watchdog waits on _wake without a timeout
         self._wake = allocate_lock()
         self._wake.acquire()  # released by the section that ends a park
@@ -67,37 +70,41 @@ class Watchdog:
         self.reports = 0
 
     def guard(self, fn: Callable[[], object]) -> Callable[[], None]:
-        """``fn`` as a guarded section of the loop thread."""
+        """``fn`` as a guarded section of the loop thread: one clock read and two
+        attribute writes around it (the watchdog thread does the rest)."""
+        now = monotonic
 
         def guarded() -> None:
-            start = self._enter()
+            self._since = now()
+            if self._parked:
+                self._unpark()
             try:
                 fn()
             finally:
-                self._leave(start)
+                self._since = 0.0
+                if self._stuck:  # the watchdog reported this section: time it exactly
+                    self._end_stall(now())
 
         return guarded
 
-    def _enter(self) -> float:
-        self._since = start = monotonic()
-        self._gen += 1
-        if self._parked:
-            self._parked = False
-            if not self._started:
-                self._started = True
-                self._ident = get_ident()
-                start_new_thread(self._run, ())
-            with contextlib.suppress(RuntimeError):  # already released: it is awake
-                self._wake.release()
-        return start
+    def _end_stall(self, end: float) -> None:
+        """A reported section ended (the loop thread at its end, else the watchdog
+        when it notices): count it once and time it."""
+        with self._stall_lock:
+            stuck, self._stuck = self._stuck, 0.0
+            if stuck:
+                self.stalls += 1
+                self.longest_stall = max(self.longest_stall, end - stuck)
 
-    def _leave(self, start: float) -> None:
-        took = monotonic() - start
-        self._since = 0.0
-        if took > self.limit:
-            self.stalls += 1
-            if took > self.longest_stall:
-                self.longest_stall = took
+    def _unpark(self) -> None:
+        """Loop thread, first section after an idle period: wake the watchdog."""
+        self._parked = False
+        if not self._started:
+            self._started = True
+            self._ident = get_ident()
+            start_new_thread(self._run, ())
+        with contextlib.suppress(RuntimeError):  # already released: it is awake
+            self._wake.release()
 
     def stop(self) -> None:
         """End the watchdog thread (the server stopped)."""
@@ -106,28 +113,39 @@ class Watchdog:
             self._wake.release()
 
     def _run(self) -> None:
-        """The watchdog thread."""
+        """The watchdog thread: look at the running section at its deadline; while one
+        is stuck, look every tenth of the limit to time it; park after an idle period."""
         nap = allocate_lock()
         nap.acquire()  # never released: acquire(timeout) is an interruptible sleep
-        reported = 0
+        limit = self.limit
         while not self._stopped:
             self._wake.acquire()  # parked until a section starts
-            seen = -1
+            idle = False
             while not self._stopped:
-                since, gen = self._since, self._gen
+                since = self._since
                 now = monotonic()
-                if since and gen != reported and now - since >= self.limit:
+                stuck = self._stuck
+                if stuck and since != stuck:  # it ended and the loop did not count it yet
+                    self._end_stall(now)
+                    stuck = 0.0
+                if since and not stuck and now - since >= limit:
+                    self._stuck = stuck = since
                     self._report(now - since)
-                    reported = gen
-                if not since and gen == seen:
-                    break  # a whole period without a section: park
-                seen = gen
-                wait = self.limit
-                if since and gen != reported:
-                    wait = max(since + self.limit - now, 0.001)
+                if not since and not stuck:
+                    if idle:
+                        break  # a whole period without a section running: park
+                    idle = True
+                else:
+                    idle = False
+                if stuck:
+                    wait = limit / 10
+                elif since:
+                    wait = max(since + limit - now, 0.001)
+                else:
+                    wait = limit
                 nap.acquire(True, wait)
             self._parked = True
-            if self._gen != seen:  # a section started as we parked: look again
+            if self._since:  # a section started as we parked: look again
                 with contextlib.suppress(RuntimeError):
                     self._wake.release()
 
