@@ -281,6 +281,10 @@ COUNTERS: dict[str, str] = {
     "pending": "requests waiting for the I/O thread right now",
     "stalls": "functions that held the I/O thread longer than slow_callback_ms",
     "longest_stall_ms": "the longest of those stalls in milliseconds",
+    "file_size": "file worker threads running",
+    "file_busy": "file workers on a job right now",
+    "file_queued": "file jobs waiting for a worker",
+    "file_grown": "file workers added because every worker was stuck",
 }
 #: Keys shown in the header lines rather than as counters.
 _HEADER_KEYS = {

@@ -443,7 +443,9 @@ class IOServer:
         by kind; ``ports_opened``: ports ever opened; ``state``; ``loop``;
         ``core``: "native" (the compiled core) or "python"; ``stalls``: drains
         (``call``/``call_soon`` functions) that held the I/O thread longer than
-        ``slow_callback``, ``longest_stall_ms``: the longest of them.
+        ``slow_callback``, ``longest_stall_ms``: the longest of them;
+        ``file_size``/``file_busy``/``file_queued``/``file_grown``: the file
+        workers, those on a job, jobs waiting, workers added because all were stuck.
         """
         w = self._wakeup
         kinds: dict[str, int] = {}
@@ -464,6 +466,7 @@ class IOServer:
             "ports": kinds,
             "open_ports": sum(kinds.values()),
             "ports_opened": self._ports_opened,
+            **_file_pool_stats(self),
             "stalls": 0 if self._watchdog is None else self._watchdog.stalls,
             "longest_stall_ms": (
                 0.0 if self._watchdog is None else round(self._watchdog.longest_stall * 1000, 3)
@@ -611,6 +614,13 @@ class _LoopThreadTask:
 
 
 _LOOP_THREAD_TASK = _LoopThreadTask()
+
+
+def _file_pool_stats(server: IOServer) -> dict[str, int]:
+    """The file workers (drivers/file.py): threads, busy ones, jobs waiting, growths."""
+    pool = getattr(server, "_file_pool", None)  # made by the first open_file
+    got = pool.stats() if pool is not None else {"size": 0, "busy": 0, "queued": 0, "grown": 0}
+    return {f"file_{key}": value for key, value in got.items()}
 
 
 def _close_port(port: Port) -> None:
