@@ -52,7 +52,7 @@ from ioserver.drivers.options import (
 from ioserver.framing import FrameError
 from ioserver.messages import Accepted, Closed
 from ioserver.port import Port, PortClosed, describe, encode_for_send
-from ioserver.sched import ThreadWakeup
+from ioserver.sched import ThreadWakeup, WakeupHandle, green_task, run_blocking
 from ioserver.server import IOServer, default
 from ioserver.tlsclient import (
     TLSError,
@@ -372,10 +372,23 @@ class RemoteIOServer:
         on_result: Callable[[Any], Any] | None = None,
         timeout: float | None = None,
     ) -> Any:
-        handle = ThreadWakeup()
-        self._io.call_soon(self._link.request, handle, method, params, on_result)
-        if not handle.park(timeout):
-            raise TimeoutError(f"the daemon did not answer {method} in {timeout} s")
+        task = green_task()
+        handle: WakeupHandle
+        if task is None:
+            handle = thread = ThreadWakeup()
+            self._io.call_soon(self._link.request, handle, method, params, on_result)
+            if not thread.park(timeout):
+                raise TimeoutError(f"the daemon did not answer {method} in {timeout} s")
+        else:  # a greenlet (or a using_task scheduler) parks alone
+            box: list[WakeupHandle] = []
+
+            def request(h: WakeupHandle) -> None:
+                box.append(h)
+                self._io.call_soon(self._link.request, h, method, params, on_result)
+
+            if not task.block_after(request, timeout):
+                raise TimeoutError(f"the daemon did not answer {method} in {timeout} s")
+            handle = box[0]
         ok, value = handle.payload
         if ok:
             return value
@@ -456,6 +469,39 @@ class RemoteIOServer:
         file = self._open("open_file", [path, mode], "file", dict(options), ("chunk_size",))
         file.info_extra["path"] = path
         return file
+
+    # awaitable openers (asyncio or trio): the blocking form in a helper thread, so the
+    # caller's loop never waits; a cancelled open closes its port (ioserver.sched)
+
+    async def aconnect_tcp(self, host: str, port: int, **options: Any) -> RemotePort:
+        """``connect_tcp`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.connect_tcp(host, port, **options), _close)
+
+    async def alisten_tcp(self, host: str, port: int, **options: Any) -> RemotePort:
+        """``listen_tcp`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.listen_tcp(host, port, **options), _close)
+
+    async def aconnect_unix(self, path: str, **options: Any) -> RemotePort:
+        """``connect_unix`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.connect_unix(path, **options), _close)
+
+    async def alisten_unix(self, path: str, **options: Any) -> RemotePort:
+        """``listen_unix`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.listen_unix(path, **options), _close)
+
+    async def aopen_udp(
+        self, local_addr: tuple[str, int] | None = None, **options: Any
+    ) -> RemotePort:
+        """``open_udp`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.open_udp(local_addr, **options), _close)
+
+    async def aspawn(self, argv: list[str], **options: Any) -> RemotePort:
+        """``spawn`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.spawn(argv, **options), _close)
+
+    async def aopen_file(self, path: str, mode: str = "rb", **options: Any) -> RemotePort:
+        """``open_file`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.open_file(path, mode, **options), _close)
 
     def send_after(self, delay: float, channel: Any, message: Any) -> RemoteTimer:
         """Deliver ``message`` (msgpack-serializable) to the local ``channel`` after ``delay``."""
@@ -566,3 +612,9 @@ _packb = partial(msgpack.packb, use_bin_type=True)
 
 def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
+
+
+def _close(port: RemotePort) -> None:
+    """An awaitable open whose caller gave up: close the port nobody will own."""
+    with contextlib.suppress(Exception):
+        port.close()

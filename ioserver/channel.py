@@ -87,9 +87,7 @@ import queue
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from threading import Lock
 from time import monotonic as _now
-from time import sleep as _sleep
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._core import native
@@ -98,9 +96,13 @@ from .sched import (
     ThreadWakeup,
     WakeupHandle,
     WokenThenCancelled,
+    foreign_async_task,
+    green_task,
     shielded,
     thread_wakeup,
 )
+from .sched._original import allocate_lock as Lock  # native even under gevent's patching
+from .sched._original import sleep as _sleep
 
 __all__ = [
     "Channel",
@@ -620,7 +622,8 @@ class PyChannel(Closing, Generic[T]):
                 except IndexError:  # a fast-path receiver took it meanwhile
                     message = _RETRY
                 handle.payload = (index, message)
-                handle.unpark()
+                if handle.unpark() is False and message is not _RETRY:
+                    buf.appendleft(message)  # its scheduler is gone: keep it for the next
         self._rwake = self._closed or bool(receivers)
 
     def _take_closed(self) -> Any:
@@ -838,8 +841,9 @@ class _Bounded(PyChannel[T]):
                         stored = True
                     else:
                         handle.payload = (index, _SLOT)
-                    handle.unpark()
-                    break
+                    if handle.unpark() is not False:
+                        break
+                    # Its scheduler is gone (never a thread's): the slot goes on.
             else:
                 room.append(None)  # every parked entry was stale
         if stored:
@@ -962,7 +966,8 @@ def _hand_to_receiver(ch: PyChannel[Any], value: Any) -> bool:
         handle, index = receivers.popleft()
         if handle.claim():
             handle.payload = (index, value)
-            handle.unpark()
+            if handle.unpark() is False:
+                continue  # its scheduler is gone: the next receiver gets the message
             ch._rwake = ch._closed or bool(receivers)
             return True
     ch._rwake = ch._closed
@@ -1026,8 +1031,8 @@ def _ask_a_sender(ch: PyChannel[Any], own: WakeupHandle | None = None) -> None:
             continue
         if handle.claim():
             handle.payload = (index, _WANT)
-            handle.unpark()
-            break
+            if handle.unpark() is not False:
+                break  # (else its scheduler is gone: ask the next sender)
     senders.extendleft(reversed(mine))
     ch._swake = ch._closed or bool(senders)
 
@@ -1082,6 +1087,10 @@ def _yield() -> None:
 
 
 def _recv_slow(ch: PyChannel[Any], timeout: float | None, nowait: bool = False) -> Any:
+    if not nowait and (timeout is None or timeout > 0):
+        task = green_task()
+        if task is not None:  # a greenlet (or a using_task scheduler) parks alone
+            return _recv_in(task, ch, timeout)
     deadline = None if timeout is None else _now() + timeout
     if ch._fed_by_loop and not nowait and (timeout is None or timeout > 0) and not ch._closed:
         # A port's inbox: yield the GIL once before paying for a park. The I/O
@@ -1144,6 +1153,11 @@ def _undo_recv(ch: PyChannel[Any], handle: ThreadWakeup) -> None:
 
 
 def _send_slow(ch: PyChannel[Any], value: Any, timeout: float | None, nowait: bool = False) -> None:
+    if not nowait and (timeout is None or timeout > 0):
+        task = green_task()
+        if task is not None:
+            _send_in(task, ch, value, timeout)
+            return
     deadline = None if timeout is None else _now() + timeout
     while True:
         with ch._lock:
@@ -1193,9 +1207,52 @@ def _undo_send(ch: PyChannel[Any], handle: ThreadWakeup) -> bool:
 # The native core: ioserver._native.Channel, with what stays in Python here.
 
 
+# The park of a task that is not a native thread or an asyncio task (a greenlet,
+# a trio task, a using_task scheduler) is written once, over the select
+# protocol, in select.py; select.py stands below this module, so it installs
+# its functions here when it is imported (ioserver/__init__.py imports it).
+_select_in: Callable[..., tuple[Any, Any]]
+_aselect_in: Callable[..., Coroutine[Any, Any, tuple[Any, Any]]]
+
+
+def _install_select(select_in: Any, aselect_in: Any) -> None:
+    """Called by select.py: the select of any task kind, over ``block_after``."""
+    global _select_in, _aselect_in
+    _select_in, _aselect_in = select_in, aselect_in
+
+
+def _recv_in(task: Any, ch: Any, timeout: float | None) -> Any:
+    """``recv`` for a task that is not a native thread: a select over one channel."""
+    return _select_in(task, [(False, ch, None)], timeout, "recv")[1]
+
+
+def _send_in(task: Any, ch: Any, value: Any, timeout: float | None) -> None:
+    """``send`` for a task that is not a native thread: a select over one send."""
+    _select_in(task, [(True, ch, value)], timeout, "send")
+
+
+def _green_recv(ch: Any, timeout: float | None) -> Any:
+    """The native ``recv`` about to park: a greenlet's (or a using_task
+    scheduler's) goes here; a native thread's gets ``_NOTHING`` (park in C)."""
+    task = green_task()
+    return _NOTHING if task is None else _recv_in(task, ch, timeout)
+
+
+def _green_send(ch: Any, value: Any, timeout: float | None) -> Any:
+    """The native ``send`` about to park (see :func:`_green_recv`)."""
+    task = green_task()
+    if task is None:
+        return _NOTHING
+    _send_in(task, ch, value, timeout)
+    return None
+
+
 async def _arecv_sel(ch: Any, timeout: float | None) -> Any:
     """``arecv`` written over the select protocol (any channel that speaks it):
     try, register, park, and handle what the waker left, until one succeeds."""
+    task = foreign_async_task()
+    if task is not None:  # a trio task (or a using_task scheduler)
+        return (await _aselect_in(task, [(False, ch, None)], timeout, "arecv"))[1]
     deadline = None if timeout is None else _now() + timeout
     while True:
         value = ch._sel_try_recv()
@@ -1227,6 +1284,10 @@ async def _arecv_sel(ch: Any, timeout: float | None) -> Any:
 
 async def _asend_sel(ch: Any, value: Any, timeout: float | None) -> None:
     """``asend`` written over the select protocol (see :func:`_arecv_sel`)."""
+    task = foreign_async_task()
+    if task is not None:
+        await _aselect_in(task, [(True, ch, value)], timeout, "asend")
+        return
     deadline = None if timeout is None else _now() + timeout
     while True:
         if ch._sel_try_send(value):
@@ -1302,6 +1363,7 @@ if native is not None:
         _arecv_sel,
         _asend_sel,
     )
+    _native._setup_green(_green_recv, _green_send)
     # asyncio.create_task() takes coroutines only: the native arecv/asend act as one.
     Coroutine.register(_native._Op)
 

@@ -361,6 +361,12 @@ COUNTERS: dict[str, str] = {
     "max_batch": "the most requests run in one drain",
     "longest_batch_ms": "the longest drain in milliseconds (high: the loop stalled)",
     "pending": "requests waiting for the I/O thread right now",
+    "stalls": "functions that held the I/O thread longer than slow_callback_ms",
+    "longest_stall_ms": "the longest of those stalls in milliseconds",
+    "file_size": "file worker threads running",
+    "file_busy": "file workers on a job right now",
+    "file_queued": "file jobs waiting for a worker",
+    "file_grown": "file workers added because every worker was stuck",
 }
 #: Keys shown in the header lines rather than as counters.
 _HEADER_KEYS = {
@@ -494,7 +500,8 @@ def format_top(
         f"bytes {rate('bytes')}",
         f"I/O thread: requests {loop_rate('requests')}  batches {loop_rate('batches')}  "
         f"pipe writes/request {per_request:.4f}  longest batch "
-        f"{stats.get('longest_batch_ms')} ms  pending {stats.get('pending')}",
+        f"{stats.get('longest_batch_ms')} ms  pending {stats.get('pending')}  "
+        f"stalls {stats.get('stalls', 0)} (longest {stats.get('longest_stall_ms', 0)} ms)",
         "",
         format_sessions(list(stats.get("session_list") or [])),
     ]

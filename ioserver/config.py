@@ -15,7 +15,8 @@ Sections and keys (defaults in parentheses):
     (``""``), ``insecure`` (false), ``loop`` ("auto"), ``log_level`` ("info"),
     ``log_format`` ("text"), ``tls_cert`` / ``tls_key`` / ``tls_client_ca``
     (``""``: the TCP listener speaks TLS with that PEM certificate and key; with a
-    CA, clients must present a certificate it signed; see ``ioserver.daemon.tls``).
+    CA, clients must present a certificate it signed; see ``ioserver.daemon.tls``),
+    ``slow_callback_ms`` (100: the I/O thread's watchdog; 0 turns it off).
 ``[limits]``
     ``sessions`` (1000), ``ports_per_session`` (1000), ``max_frame_bytes``
     (16 MiB), ``max_message_bytes`` (16 MiB), ``pending_bytes`` (4 MiB),
@@ -190,8 +191,12 @@ class ServerConfig:
     """Logging threshold on stderr: "debug", "info", "warning" or "error"."""
     log_format: str = "text"
     """Log lines on stderr: "text" (for people) or "json" (one object a line)."""
+    slow_callback_ms: int = 100
+    """Warn (with its stack) about a function holding the I/O thread longer; 0: off."""
 
     def __post_init__(self) -> None:
+        if type(self.slow_callback_ms) is not int or self.slow_callback_ms < 0:
+            raise _fail("server.slow_callback_ms", "an integer >= 0", self.slow_callback_ms)
         _check_str("server.socket", self.socket)
         _check_str("server.tcp", self.tcp)
         _check_str("server.token", self.token)

@@ -38,12 +38,21 @@ import threading
 import warnings
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 from ._core import native
 from .channel import NO_ONE, Channel, ChannelClosed, Closing
 from .requests import ServerStopped
-from .sched import AsyncWakeup, ThreadWakeup, WakeupHandle
+from .sched import (
+    AsyncTaskLike,
+    AsyncWakeup,
+    TaskLike,
+    ThreadWakeup,
+    WakeupHandle,
+    foreign_async_task,
+    green_task,
+)
 
 if TYPE_CHECKING:
     from .messages import Message
@@ -336,6 +345,10 @@ class Port(Closing):
     def _wait_not_busy(self, timeout: float | None) -> None:
         from time import monotonic
 
+        task = green_task()
+        if task is not None:  # a greenlet (or a using_task scheduler) parks alone
+            _wait_not_busy_in(self, task, timeout)
+            return
         deadline = None if timeout is None else monotonic() + timeout
         while self.busy:
             if self._closed:
@@ -359,6 +372,10 @@ class Port(Closing):
     async def _await_not_busy(self, timeout: float | None) -> None:
         from time import monotonic
 
+        atask = foreign_async_task()
+        if atask is not None:  # a trio task (or a using_task scheduler)
+            await _await_not_busy_in(self, atask, timeout)
+            return
         deadline = None if timeout is None else monotonic() + timeout
         while self.busy:
             if self._closed:
@@ -606,6 +623,59 @@ def _check_active(active: bool | int | str) -> None:
     raise ValueError(
         f"active must be True, False, 'once' or an int in -32768..32767, not {active!r}"
     )
+
+
+# -- a busy port's writers of any task kind (greenlets, trio tasks, plug-ins) ---------
+
+
+def _writer_registrar(port: Port) -> tuple[list[WakeupHandle], Callable[[WakeupHandle], None]]:
+    """The ``f`` of ``block_after`` for a writer of a busy port: join ``_writers``,
+    then re-check; no longer busy, end the block at once (our own claim)."""
+    box: list[WakeupHandle] = []
+
+    def register(handle: WakeupHandle) -> None:
+        box.append(handle)
+        port._add_writer(handle)
+        if (not port.busy or port._closed) and handle.claim():
+            handle.unpark()
+
+    return box, register
+
+
+def _wait_not_busy_in(port: Port, task: TaskLike, timeout: float | None) -> None:
+    """``Port._wait_not_busy`` parking through ``task.block_after``."""
+    deadline = None if timeout is None else _monotonic() + timeout
+    while port.busy:
+        if port._closed:
+            raise PortClosed(f"{port!r} is closed")
+        box, register = _writer_registrar(port)
+        left = None if deadline is None else max(0.0, deadline - _monotonic())
+        try:
+            woken = task.block_after(register, left)
+        except BaseException:
+            port._forget_writer(box[0])
+            raise
+        if not woken:
+            port._forget_writer(box[0])
+            raise TimeoutError(f"{port!r} stayed busy past the timeout")
+
+
+async def _await_not_busy_in(port: Port, task: AsyncTaskLike, timeout: float | None) -> None:
+    """``Port._await_not_busy`` parking through ``task.block_after``."""
+    deadline = None if timeout is None else _monotonic() + timeout
+    while port.busy:
+        if port._closed:
+            raise PortClosed(f"{port!r} is closed")
+        box, register = _writer_registrar(port)
+        left = None if deadline is None else max(0.0, deadline - _monotonic())
+        try:
+            woken = await task.block_after(register, left)
+        except BaseException:
+            port._forget_writer(box[0])
+            raise
+        if not woken:
+            port._forget_writer(box[0])
+            raise TimeoutError(f"{port!r} stayed busy past the timeout")
 
 
 # The native core's send path (csrc/port.c): send's common case (bytes, an open port

@@ -72,9 +72,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import weakref
-from _thread import allocate_lock
 from collections import deque
 from collections.abc import Callable
 from time import monotonic
@@ -82,6 +80,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._core import native
 from .sched import WakeupHandle
+from .sched._original import allocate_lock, get_ident
 
 if TYPE_CHECKING:
     from ._native import RequestQueue as _RequestQueue
@@ -92,7 +91,7 @@ __all__ = ["PyRequestQueue", "Request", "RequestQueue", "ServerStopped"]
 
 log = logging.getLogger("ioserver")
 
-_get_ident = threading.get_ident
+_get_ident = get_ident  # the OS thread's, even under gevent's patching
 
 #: Most requests one drain runs before it lets I/O callbacks run. 1024 keeps
 #: a batch of no-op requests near 0.2 ms here, while a burst of 200k requests
@@ -139,13 +138,13 @@ class PyRequestQueue:
         self._pending = allocate_lock()
         # Held by close() for its final drain; late producers wait on it
         # (only at shutdown, never on the hot path).
-        self._lock = threading.Lock()
+        self._lock = allocate_lock()
         self._done = False
         # What a submit after the end raises with (fork changes it).
         self._why = "the I/O server has stopped"
         self._rfd, self._wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # Guards closing the pipe against a producer inside write() (see _write_pipe).
-        self._fd_lock = threading.Lock()
+        self._fd_lock = allocate_lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
         self.max_batch = max_batch
@@ -238,11 +237,14 @@ class PyRequestQueue:
 
     # -- loop side ------------------------------------------------------------------
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Loop thread: start listening to the pipe."""
+    def attach(
+        self, loop: asyncio.AbstractEventLoop, guard: Callable[[Any], Any] | None = None
+    ) -> None:
+        """Loop thread: start listening to the pipe (each drain through ``guard``,
+        the server's watchdog, if given)."""
         self._loop = loop
         self._thread = _get_ident()
-        loop.add_reader(self._rfd, self._on_pipe)
+        loop.add_reader(self._rfd, self._on_pipe if guard is None else guard(self._on_pipe))
 
     def _on_pipe(self) -> None:
         """Loop thread: the pipe is readable; drain it, then the queue."""
@@ -375,8 +377,8 @@ class PyRequestQueue:
         self._why = _FORKED_WHY
         # Another thread of the parent may have held these at the fork; it does
         # not exist here, so they would never be released.
-        self._lock = threading.Lock()
-        self._fd_lock = threading.Lock()
+        self._lock = allocate_lock()
+        self._fd_lock = allocate_lock()
         self._queue.clear()
         for fd in (self._rfd, self._wfd):
             if fd >= 0:
@@ -441,10 +443,12 @@ if native is not None or TYPE_CHECKING:
             # The C core's __new__ took the arguments and made the pipe.
             _LIVE.add(self)
 
-        def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-            """Loop thread: start listening to the pipe."""
+        def attach(
+            self, loop: asyncio.AbstractEventLoop, guard: Callable[[Any], Any] | None = None
+        ) -> None:
+            """Loop thread: start listening to the pipe (through ``guard``, if given)."""
             self._attach(loop)
-            loop.add_reader(self._rfd, self._on_pipe)
+            loop.add_reader(self._rfd, self._on_pipe if guard is None else guard(self._on_pipe))
 
         def close(self, reason: BaseException | None = None) -> None:
             """Loop thread (or after the loop died): refuse new requests, reject queued ones."""

@@ -49,21 +49,26 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from time import monotonic as _now
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._core import native
-from .channel import _CLOSED, _NOTHING, _RETRY, _SENT, Channel, ChannelClosed
+from .channel import _CLOSED, _NOTHING, _RETRY, _SENT, Channel, ChannelClosed, _install_select
 from .sched import (
+    AsyncTaskLike,
     AsyncWakeup,
+    TaskLike,
     ThreadWakeup,
     WakeupHandle,
     WokenThenCancelled,
+    foreign_async_task,
+    green_task,
     shielded,
     thread_wakeup,
 )
 
-__all__ = ["Selectable", "aselect", "py_select", "select"]
+__all__ = ["Selectable", "aselect", "aselect_in", "py_select", "select", "select_in"]
 
 
 class Selectable(Protocol):
@@ -175,6 +180,10 @@ def select(*ops: Any, timeout: float | None = None) -> tuple[Any, Any]:
     ChannelClosed with ``.channel`` set to it.
     """
     prepared = _prepare(ops)
+    if timeout is None or timeout > 0:
+        task = green_task()
+        if task is not None:  # a greenlet, or a scheduler plugged in with using_task
+            return select_in(task, prepared, timeout)
     deadline = None if timeout is None else _now() + timeout
     while True:
         start = _randrange(len(prepared))
@@ -219,6 +228,9 @@ async def aselect(*ops: Any, timeout: float | None = None) -> tuple[Any, Any]:
     of its channel, and a send is only ever finished by the select itself.
     """
     prepared = _prepare(ops)
+    task = foreign_async_task()
+    if task is not None:  # a trio task, or a scheduler plugged in with using_task
+        return await aselect_in(task, prepared, timeout)
     deadline = None if timeout is None else _now() + timeout
     while True:
         start = _randrange(len(prepared))
@@ -268,3 +280,96 @@ def _undo(ops: list[_Op], payload: tuple[int, Any]) -> None:
         src._sel_abandon(mark)
     elif mark is not _RETRY:
         src._sel_unrecv(mark)
+
+
+# -- any task kind: select over Task.block_after ---------------------------------------
+#
+# The path of every task that is not a native thread or an asyncio task (a gevent
+# greenlet, a trio task, a scheduler plugged in with using_task): the same four
+# steps, with the park done by the task's ``block_after``. Its contract (sched.py,
+# Task): if it raises, the payload is None when the task took its own claim
+# (nothing happened), else the winning waker's, which we give back.
+
+
+def _registrar(
+    ops: list[_Op], start: int, box: list[WakeupHandle]
+) -> Callable[[WakeupHandle], None]:
+    """The ``f`` of ``block_after``: keep the handle in ``box`` and register it on
+    every operation. If one turned ready meanwhile, we hold the claim: end the
+    block at once with ``_RETRY`` (poll again)."""
+
+    def register(handle: WakeupHandle) -> None:
+        box.append(handle)
+        if not _register(ops, start, handle):
+            handle.payload = (start, _RETRY)
+            handle.unpark()
+
+    return register
+
+
+def _outcome(
+    ops: list[_Op], handle: WakeupHandle, woken: bool, what: str
+) -> tuple[Any, Any] | None:
+    _unregister(ops, handle)
+    if not woken:
+        raise TimeoutError(f"{what} timed out")
+    return _finish(ops, handle.payload)
+
+
+def _give_back(ops: list[_Op], handle: WakeupHandle | None) -> None:
+    """``block_after`` raised: withdraw, and undo what a waker handed over."""
+    if handle is not None:
+        _unregister(ops, handle)
+        if handle.payload is not None:
+            _undo(ops, handle.payload)
+
+
+def select_in(
+    task: TaskLike, ops: list[_Op], timeout: float | None, what: str = "select"
+) -> tuple[Any, Any]:
+    """``select`` of prepared ``ops`` parking through ``task.block_after``."""
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        start = _randrange(len(ops))
+        result = _poll(ops, start)
+        if result is not None:
+            return result
+        left = None if deadline is None else deadline - _now()
+        if left is not None and left <= 0:
+            raise TimeoutError(f"{what} timed out")
+        box: list[WakeupHandle] = []
+        try:
+            woken = task.block_after(_registrar(ops, start, box), left)
+        except BaseException:
+            _give_back(ops, box[0] if box else None)
+            raise
+        result = _outcome(ops, box[0], woken, what)
+        if result is not None:
+            return result
+
+
+async def aselect_in(
+    task: AsyncTaskLike, ops: list[_Op], timeout: float | None, what: str = "aselect"
+) -> tuple[Any, Any]:
+    """``aselect`` of prepared ``ops`` parking through ``task.block_after``."""
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        start = _randrange(len(ops))
+        result = _poll(ops, start)
+        if result is not None:
+            return result
+        left = None if deadline is None else deadline - _now()
+        if left is not None and left <= 0:
+            raise TimeoutError(f"{what} timed out")
+        box: list[WakeupHandle] = []
+        try:
+            woken = await task.block_after(_registrar(ops, start, box), left)
+        except BaseException:
+            _give_back(ops, box[0] if box else None)
+            raise
+        result = _outcome(ops, box[0], woken, what)
+        if result is not None:
+            return result
+
+
+_install_select(select_in, aselect_in)

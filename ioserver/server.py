@@ -46,6 +46,7 @@ import atexit
 import contextlib
 import logging
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -55,7 +56,17 @@ from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from ._core import NATIVE
 from .requests import DEFAULT_MAX_BATCH, DEFAULT_QUANTUM, RequestQueue, ServerStopped
-from .sched import AsyncWakeup, ThreadWakeup
+from .sched import (
+    AsyncWakeup,
+    ThreadWakeup,
+    WakeupHandle,
+    foreign_async_task,
+    green_task,
+    run_blocking,
+    thread_task,
+)
+from .sched._original import Flag, allocate_lock, get_ident, start_new_thread
+from .watchdog import DEFAULT_SLOW_CALLBACK, Watchdog
 
 if TYPE_CHECKING:
     from .channel import Channel
@@ -109,9 +120,13 @@ class IOServer:
         name: str = "ioserver",
         max_batch: int = DEFAULT_MAX_BATCH,
         quantum: float = DEFAULT_QUANTUM,
+        slow_callback: float | None = DEFAULT_SLOW_CALLBACK,
     ) -> None:
         self._loop_kind = loop
         self._name = name
+        # Reports a call/call_soon function holding the I/O thread longer than
+        # slow_callback seconds, while it does (watchdog.py); None: no watchdog.
+        self._watchdog = None if slow_callback is None else Watchdog(slow_callback, name)
         self._requests = RequestQueue(max_batch=max_batch, quantum=quantum)
         # The hot path: call_soon (documented below) is the queue's own, so a
         # request costs no Python frame here (with the native core, none at all).
@@ -120,9 +135,9 @@ class IOServer:
         self._thread: threading.Thread | None = None
         self._ident: int | None = None
         self._state = NEW
-        self._state_lock = threading.Lock()
-        self._started = threading.Event()
-        self._stopped = threading.Event()
+        self._state_lock = allocate_lock()
+        self._started = Flag()
+        self._stopped = Flag()
         # Loop thread only: every live driver, for stats and shutdown.
         self._drivers: set[Driver] = set()
         self._ports_opened = 0
@@ -148,8 +163,13 @@ class IOServer:
                     raise ServerStopped(f"{self!r} cannot be restarted; make a new IOServer")
                 return self
             self._state = RUNNING
-            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-            self._thread.start()
+            if _threading_patched():
+                # gevent's patch_all() makes threading.Thread a greenlet: the loop
+                # would block its hub for ever. The I/O thread is always an OS thread.
+                start_new_thread(self._run, ())
+            else:
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
         self._started.wait()
         if self.failure is not None:
             raise RuntimeError(f"{self!r} failed to start") from self.failure
@@ -173,7 +193,7 @@ class IOServer:
         if state == RUNNING:
             with contextlib.suppress(ServerStopped):
                 self._requests.submit(self._begin_stop, timeout)
-        if threading.get_ident() == self._ident:
+        if get_ident() == self._ident:
             return  # called on the I/O thread: the stop proceeds after this callback
         if not self._stopped.wait(timeout + 5.0):
             warnings.warn(f"{self!r} did not stop within {timeout + 5.0} s", stacklevel=2)
@@ -195,7 +215,7 @@ class IOServer:
 
     def _run(self) -> None:
         """The I/O thread."""
-        self._ident = threading.get_ident()
+        self._ident = get_ident()
         try:
             loop = _new_loop(self._loop_kind)
         except BaseException as exc:
@@ -208,9 +228,10 @@ class IOServer:
         self.loop_type = f"{type(loop).__module__}.{type(loop).__qualname__}"
         asyncio.set_event_loop(loop)
         try:
-            self._requests.attach(loop)
+            self._requests.attach(loop, None if self._watchdog is None else self._watchdog.guard)
             self._started.set()
-            loop.run_forever()
+            with thread_task(_LOOP_THREAD_TASK):  # blocking calls here raise
+                loop.run_forever()
             self._state = STOPPED
         except BaseException as exc:
             self.failure = exc
@@ -225,6 +246,8 @@ class IOServer:
                 loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
             asyncio.set_event_loop(None)
+            if self._watchdog is not None:
+                self._watchdog.stop()
             self._stopped.set()
 
     def _begin_stop(self, timeout: float) -> None:
@@ -251,8 +274,8 @@ class IOServer:
         self._inherited = True
         # Other threads of the parent may have held these at the fork.
         self._state_lock = threading.Lock()
-        self._started = threading.Event()
-        self._stopped = threading.Event()
+        self._started = Flag()
+        self._stopped = Flag()
         self._started.set()
         self._stopped.set()
         if self._state != DEAD:
@@ -282,7 +305,7 @@ class IOServer:
     # -- calls into the loop -------------------------------------------------------------
 
     def _check_not_loop_thread(self, what: str) -> None:
-        if threading.get_ident() == self._ident:
+        if get_ident() == self._ident:
             raise RuntimeError(
                 f"{what} blocks until the I/O thread answers, so it cannot be called on the "
                 "I/O thread itself; use call_soon() or do the work directly"
@@ -302,8 +325,14 @@ class IOServer:
         exception). Raises RuntimeError at once if called from the I/O thread,
         ServerStopped if the server stops first, TimeoutError after ``timeout``
         (``fn`` may still run)."""
-        if threading.get_ident() == self._ident:
+        if get_ident() == self._ident:
             self._check_not_loop_thread("IOServer.call()")
+        task = green_task()
+        if task is not None:  # a greenlet (or a using_task scheduler) parks alone
+            ok, value = self._call_in(task, _run_call, fn, args, timeout)
+            if ok:
+                return value  # type: ignore[no-any-return]
+            raise value
         handle = ThreadWakeup()
         self._requests.submit(_run_call, fn, args, handle, reject=handle)
         if not handle.park(timeout):
@@ -316,6 +345,12 @@ class IOServer:
     async def acall(self, fn: Callable[..., R], *args: Any) -> R:
         """``call`` for a coroutine on another loop: awaits without blocking it."""
         self._check_not_loop_thread("IOServer.acall()")
+        task = foreign_async_task()
+        if task is not None:  # a trio task (or a using_task scheduler)
+            ok, value = await self._acall_in(task, _run_call, fn, args, None)
+            if ok:
+                return value  # type: ignore[no-any-return]
+            raise value
         handle = AsyncWakeup()
         self._requests.submit(_run_call, fn, args, handle, reject=handle)
         await handle.park()
@@ -329,6 +364,12 @@ class IOServer:
     ) -> R:
         """Run the coroutine ``make(*args)`` on the loop and wait for its result."""
         self._check_not_loop_thread("this call")
+        task = green_task()
+        if task is not None:
+            ok, value = self._call_in(task, _start_coroutine, make, args, timeout)
+            if ok:
+                return value  # type: ignore[no-any-return]
+            raise value
         handle = ThreadWakeup()
         self._requests.submit(_start_coroutine, make, args, handle, reject=handle)
         if not handle.park(timeout):
@@ -337,6 +378,52 @@ class IOServer:
         if ok:
             return value  # type: ignore[no-any-return]
         raise value
+
+    # -- calls from tasks of any kind (greenlets, trio tasks, using_task plug-ins) -------
+    #
+    # The request carries the task's handle; the I/O thread's outcome wakes it
+    # (claim, payload, unpark), and a rejected request (the server stopped) wakes
+    # it with ServerStopped. A task that gives up (timeout, cancel, kill) holds the
+    # claim, so the late outcome is dropped: the call may still run, as documented.
+
+    def _call_in(
+        self,
+        task: Any,
+        runner: Callable[..., None],
+        fn: Any,
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> tuple[bool, Any]:
+        """Submit ``runner(fn, args, handle)`` and park ``task`` for its outcome."""
+        box: list[WakeupHandle] = []
+        if not task.block_after(self._submitter(box, runner, fn, args), timeout):
+            raise TimeoutError(f"{fn!r} did not finish on the I/O thread in {timeout} s")
+        return box[0].payload  # type: ignore[no-any-return]
+
+    async def _acall_in(
+        self,
+        task: Any,
+        runner: Callable[..., None],
+        fn: Any,
+        args: tuple[Any, ...],
+        timeout: float | None,
+    ) -> tuple[bool, Any]:
+        """``_call_in`` for an ``await`` task."""
+        box: list[WakeupHandle] = []
+        if not await task.block_after(self._submitter(box, runner, fn, args), timeout):
+            raise TimeoutError(f"{fn!r} did not finish on the I/O thread in {timeout} s")
+        return box[0].payload  # type: ignore[no-any-return]
+
+    def _submitter(
+        self, box: list[WakeupHandle], runner: Callable[..., None], fn: Any, args: tuple[Any, ...]
+    ) -> Callable[[WakeupHandle], None]:
+        """The ``f`` of ``block_after``: queue the request with the task's handle."""
+
+        def submit(handle: WakeupHandle) -> None:
+            box.append(handle)
+            self._requests.submit(runner, fn, args, handle, reject=handle)
+
+        return submit
 
     # -- loop-thread bookkeeping --------------------------------------------------------
 
@@ -363,7 +450,11 @@ class IOServer:
         wakeup; ``max_batch``: the largest drain; ``longest_batch_ms``: the
         longest drain; ``pending``: requests queued now; ``ports``: open ports
         by kind; ``ports_opened``: ports ever opened; ``state``; ``loop``;
-        ``core``: "native" (the compiled core) or "python".
+        ``core``: "native" (the compiled core) or "python"; ``stalls``: drains
+        (``call``/``call_soon`` functions) that held the I/O thread longer than
+        ``slow_callback``, ``longest_stall_ms``: the longest of them;
+        ``file_size``/``file_busy``/``file_queued``/``file_grown``: the file
+        workers, those on a job, jobs waiting, workers added because all were stuck.
         """
         w = self._requests
         kinds: dict[str, int] = {}
@@ -384,6 +475,11 @@ class IOServer:
             "ports": kinds,
             "open_ports": sum(kinds.values()),
             "ports_opened": self._ports_opened,
+            **_file_pool_stats(self),
+            "stalls": 0 if self._watchdog is None else self._watchdog.stalls,
+            "longest_stall_ms": (
+                0.0 if self._watchdog is None else round(self._watchdog.longest_stall * 1000, 3)
+            ),
         }
 
     # -- ports -----------------------------------------------------------------------------
@@ -475,6 +571,84 @@ class IOServer:
         from .drivers import file
 
         return file.open_file(self, path, mode, options)
+
+    # -- awaitable openers ------------------------------------------------------------
+    #
+    # The same opens for an ``await`` task (asyncio or trio): the blocking form runs in
+    # a helper thread (name resolution included), so the caller's loop never waits;
+    # a cancelled open closes the port it made (sched/_blocking.py).
+
+    async def aconnect_tcp(self, host: str, port: int, **options: Any) -> Port:
+        """``connect_tcp`` for coroutines and trio tasks; never blocks the caller's loop."""
+        return await run_blocking(lambda: self.connect_tcp(host, port, **options), _close_port)
+
+    async def alisten_tcp(self, host: str, port: int, **options: Any) -> Port:
+        """``listen_tcp`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.listen_tcp(host, port, **options), _close_port)
+
+    async def aconnect_unix(self, path: str, **options: Any) -> Port:
+        """``connect_unix`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.connect_unix(path, **options), _close_port)
+
+    async def alisten_unix(self, path: str, **options: Any) -> Port:
+        """``listen_unix`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.listen_unix(path, **options), _close_port)
+
+    async def aopen_udp(self, local_addr: tuple[str, int] | None = None, **options: Any) -> Port:
+        """``open_udp`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.open_udp(local_addr, **options), _close_port)
+
+    async def aspawn(self, argv: list[str], **options: Any) -> Port:
+        """``spawn`` for coroutines and trio tasks."""
+        return await run_blocking(lambda: self.spawn(argv, **options), _close_port)
+
+    async def aopen_file(self, path: str, mode: str = "rb", **options: Any) -> Port:
+        """``open_file`` for coroutines and trio tasks (a FIFO's open may wait for
+        its other end: the caller's loop runs meanwhile)."""
+        return await run_blocking(lambda: self.open_file(path, mode, **options), _close_port)
+
+
+class _LoopThreadTask:
+    """The blocking task of the I/O thread: it refuses to block. The loop never
+    waits on user code (docs/architecture.md), so a ``recv``/``select`` that
+    would wait, a ``send`` that would wait, or a busy port's ``send``, made in a
+    callback on the I/O thread, raises at once instead of stalling every port."""
+
+    __slots__ = ()
+
+    def yield_now(self) -> None:
+        pass
+
+    def block_after(
+        self, f: Callable[[WakeupHandle], object], timeout: float | None = None
+    ) -> bool:
+        raise RuntimeError(
+            "a blocking call (recv, select, a send that must wait) on the ioserver I/O "
+            "thread would stall every port: use try_recv/try_send, or await "
+            "arecv/asend/aselect in a coroutine on the loop"
+        )
+
+
+_LOOP_THREAD_TASK = _LoopThreadTask()
+
+
+def _file_pool_stats(server: IOServer) -> dict[str, int]:
+    """The file workers (drivers/file.py): threads, busy ones, jobs waiting, growths."""
+    pool = getattr(server, "_file_pool", None)  # made by the first open_file
+    got = pool.stats() if pool is not None else {"size": 0, "busy": 0, "queued": 0, "grown": 0}
+    return {f"file_{key}": value for key, value in got.items()}
+
+
+def _close_port(port: Port) -> None:
+    """An awaitable open whose caller gave up: close the port nobody will own."""
+    with contextlib.suppress(Exception):
+        port.close()
+
+
+def _threading_patched() -> bool:
+    """Whether gevent's monkey-patching replaced ``threading``'s threads by greenlets."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
 
 
 def _run_call(fn: Callable[..., Any], args: tuple[Any, ...], handle: Any) -> None:

@@ -87,6 +87,7 @@ typedef struct {
 static PyObject *ChannelClosed, *EmptyExc, *FullExc, *StatisticsCls, *ExactCls;
 static PyObject *RETRY, *SLOT, *WANT, *SENT, *CLOSED, *NOTHING;
 static PyObject *ArecvSlow, *AsendSlow;  /* channel.py's coroutine functions */
+static PyObject *GreenRecv, *GreenSend;  /* channel.py's _green_recv/_green_send, or NULL */
 static PyTypeObject *OpType;
 static PyTypeObject *ChannelType;
 static PyObject *str_unpark, *str_try_send, *str_park;
@@ -103,7 +104,10 @@ typedef struct {
     ObjList trash;   /* references to drop */
     ObjList wake;    /* handles (owned) whose unpark() must be called */
     PyObject *watchers;  /* a list of callbacks to call (owned), or NULL */
+    PyObject *ch;    /* borrowed: the channel of the last step (step_begin), or NULL */
 } Post;
+
+static void refused(PyObject *ch, PyObject *h);
 
 static void
 objlist_init(ObjList *l)
@@ -145,6 +149,7 @@ post_init(Post *p)
     objlist_init(&p->trash);
     objlist_init(&p->wake);
     p->watchers = NULL;
+    p->ch = NULL;
 }
 
 static inline void
@@ -176,6 +181,10 @@ post_run(Post *p)
             PyObject *r = PyObject_CallMethodNoArgs(p->wake.items[i], str_unpark);
             if (r != NULL) {
                 Py_DECREF(r);
+                if (r == Py_False && p->ch != NULL) {
+                    /* The sleeper's scheduler is gone: keep what it was handed. */
+                    refused(p->ch, p->wake.items[i]);
+                }
                 break;
             }
             if (tries < 8 && PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
@@ -397,6 +406,7 @@ hand(Post *p, PyObject *h, Py_ssize_t index, PyObject *value)
 static inline void
 step_begin(Channel *ch, Post *p)
 {
+    p->ch = (PyObject *)ch;
     if (ch->gen != ioserver_fork_gen) {
         while (ch->recvq.len) {
             entry_trash(p, waitq_pop(&ch->recvq));
@@ -656,6 +666,33 @@ abandon(Channel *ch, PyObject *mark, Post *p)
     }
 }
 
+/* After a step: the unpark of handle h, which ch handed a payload, returned
+ * False (its asyncio loop closed, its trio run or gevent hub ended). The
+ * channel takes back what it handed: a message goes back to the head (and on
+ * to the next receiver), a slot or a "come and hand it over" to the next
+ * sender. RETRY and CLOSED carried nothing; SENT is only ever handed to a
+ * native thread, whose unpark never refuses. */
+static void
+refused(PyObject *chobj, PyObject *h)
+{
+    Channel *ch = (Channel *)chobj;
+    PyObject *v = ((ioserver_Handle *)h)->value;
+    if (v == RETRY || v == CLOSED || v == SENT) {
+        return;
+    }
+    Post p;
+    post_init(&p);
+    step_begin(ch, &p);
+    if (v == SLOT || v == WANT) {
+        abandon(ch, v, &p);
+    }
+    else if (unrecv(ch, Py_NewRef(v), &p) < 0) {
+        Py_DECREF(v);
+        PyErr_WriteUnraisable(chobj);  /* out of memory: the message is lost */
+    }
+    post_run(&p);
+}
+
 static void
 drop(Channel *ch, PyObject *h, Post *p)
 {
@@ -859,6 +896,27 @@ park(Channel *ch, PyObject *h, long long deadline, int *woken_then_error)
     return PARKED_TIMEOUT;
 }
 
+/* A recv (value NULL) or send about to park a thread: if the caller is a
+ * greenlet or a using_task() scheduler, channel.py does the operation (its
+ * result, or NULL); NOTHING (a new reference) means "a native thread: park". */
+static PyObject *
+green_op(Channel *ch, PyObject *value, long long deadline)
+{
+    PyObject *fn = value == NULL ? GreenRecv : GreenSend;
+    if (fn == NULL || !ioserver_green_possible()) {
+        return Py_NewRef(NOTHING);
+    }
+    long long us = deadline < 0 ? -1 : deadline - now_us();
+    PyObject *t = us < 0 ? Py_NewRef(Py_None) : PyFloat_FromDouble(us > 0 ? us / 1e6 : 1e-6);
+    if (t == NULL) {
+        return NULL;
+    }
+    PyObject *r = value == NULL ? PyObject_CallFunctionObjArgs(fn, ch, t, NULL)
+                                : PyObject_CallFunctionObjArgs(fn, ch, value, t, NULL);
+    Py_DECREF(t);
+    return r;
+}
+
 /* The value a waker left in a woken handle (borrowed). */
 static inline PyObject *
 payload_value(PyObject *h)
@@ -903,6 +961,11 @@ recv_impl(Channel *ch, long long deadline, int nowait)
             Py_END_ALLOW_THREADS
             continue;
         }
+        PyObject *g = green_op(ch, NULL, deadline);
+        if (g != NOTHING) {
+            return g;
+        }
+        Py_DECREF(g);
         PyObject *h = ioserver_tw_get(0);  /* owned; made before the step (a GC allocation) */
         if (h == NULL) {
             return NULL;
@@ -997,6 +1060,11 @@ send_impl(Channel *ch, PyObject *value, long long deadline, int nowait)
             PyErr_SetString(PyExc_TimeoutError, "send timed out");
             return NULL;
         }
+        PyObject *g = green_op(ch, value, deadline);
+        if (g != NOTHING) {
+            return g;
+        }
+        Py_DECREF(g);
         if (selfstore < 0) {
             selfstore = ioserver_is_main_thread();
         }
@@ -2305,9 +2373,25 @@ channel_setup(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* _setup_green(green_recv, green_send): channel.py's slow paths for a caller
+ * that is not a native thread (see green_op). */
+static PyObject *
+channel_setup_green(PyObject *module, PyObject *args)
+{
+    PyObject *recv, *send;
+    if (!PyArg_UnpackTuple(args, "_setup_green", 2, 2, &recv, &send)) {
+        return NULL;
+    }
+    Py_XSETREF(GreenRecv, Py_NewRef(recv));
+    Py_XSETREF(GreenSend, Py_NewRef(send));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef channel_functions[] = {
     {"_setup", channel_setup, METH_VARARGS,
      "Give the native channel the exception classes, statistics class and marks of channel.py."},
+    {"_setup_green", channel_setup_green, METH_VARARGS,
+     "Give the native channel the slow paths of greenlets and using_task() schedulers."},
     {NULL},
 };
 

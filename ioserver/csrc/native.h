@@ -2,7 +2,7 @@
  *
  * One extension module, ioserver._native, built from the files in this folder;
  * each part (sched.c, channel.c, select.c, queue.c) registers its types from an
- * init function called by module.c. The pure-Python modules (sched.py,
+ * init function called by module.c. The pure-Python modules (sched/_handles.py,
  * channel.py, select.py, requests.py) are the reference: every type here keeps
  * their contract (docs/architecture.md). The GIL is the only mutex.
  */
@@ -12,6 +12,12 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "pythread.h"
+
+/* Whether a blocking call may come from a task that is not a native thread
+ * (gevent is imported, or a using_task() scope is live): then the slow paths
+ * ask Python (channel.py's _green_recv/_green_send, select.py) before parking
+ * a thread. Cheap: one dict lookup. Never raises. */
+int ioserver_green_possible(void);
 
 /* Each part's init: add its types and functions to the module; 0 or -1. */
 int ioserver_init_sched(PyObject *module);

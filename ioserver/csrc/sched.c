@@ -1,4 +1,4 @@
-/* The native sched part: WakeupHandle and ThreadWakeup (see sched.py, the reference).
+/* The native sched part: WakeupHandle and ThreadWakeup (see sched/_handles.py, the reference).
  *
  * Claim. A test-and-set of a char under the GIL: no code runs between the
  * test and the set, so exactly one party wins it.
@@ -429,7 +429,7 @@ tw_unpark_meth(PyObject *self, PyObject *unused)
         return NULL;
     }
     ioserver_tw_unpark(self);
-    Py_RETURN_NONE;
+    Py_RETURN_TRUE;  /* the handle contract: True, the sleeper will run */
 }
 
 static long long now_us(void);
@@ -654,6 +654,46 @@ static PyType_Spec tw_spec = {
 
 /* ---- module functions ------------------------------------------------------ */
 
+/* ---- green tasks ----------------------------------------------------------- */
+
+/* Live using_task() scopes (sched/_current.py keeps the count here through _green_scope). */
+static Py_ssize_t green_scopes = 0;
+/* This thread's blocking calls go through Python (an I/O thread, which refuses them). */
+static _Thread_local char thread_green = 0;
+static PyObject *str_gevent = NULL;
+
+int
+ioserver_green_possible(void)
+{
+    if (thread_green || green_scopes > 0) {
+        return 1;
+    }
+    PyObject *modules = PyImport_GetModuleDict();  /* borrowed */
+    return PyDict_Check(modules) && PyDict_Contains(modules, str_gevent) == 1;
+}
+
+static PyObject *
+green_scope(PyObject *module, PyObject *arg)
+{
+    Py_ssize_t delta = PyLong_AsSsize_t(arg);
+    if (delta == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    green_scopes += delta;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+thread_scope(PyObject *module, PyObject *arg)
+{
+    int on = PyObject_IsTrue(arg);
+    if (on < 0) {
+        return NULL;
+    }
+    thread_green = (char)on;
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 set_main_thread(PyObject *module, PyObject *arg)
 {
@@ -676,6 +716,10 @@ after_fork_child(PyObject *module, PyObject *unused)
 }
 
 static PyMethodDef sched_functions[] = {
+    {"_green_scope", green_scope, METH_O,
+     "Add (+1/-1) to the count of live using_task() scopes (sched/_current.py)."},
+    {"_thread_scope", thread_scope, METH_O,
+     "Whether this thread's blocking calls ask Python first (an I/O thread: sched.py)."},
     {"_set_main_thread", set_main_thread, METH_O,
      "Record the ident of the thread where signal handlers run."},
     {"_after_fork_child", after_fork_child, METH_NOARGS,
@@ -694,6 +738,10 @@ ioserver_init_sched(PyObject *module)
     park_dict_key = PyUnicode_InternFromString("ioserver._native.parklock");
     str_park = PyUnicode_InternFromString("park");
     str_unpark = PyUnicode_InternFromString("unpark");
+    str_gevent = PyUnicode_InternFromString("gevent");
+    if (str_gevent == NULL) {
+        return -1;
+    }
     if (park_dict_key == NULL || str_park == NULL || str_unpark == NULL) {
         return -1;
     }

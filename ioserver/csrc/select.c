@@ -195,6 +195,9 @@ native_select(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObje
          * A main-thread select is never stored for (its sends are handed a
          * slot or asked to come), so an interrupted one sent nothing. */
         if (is_main < 0) {
+            if (ioserver_green_possible()) {
+                return slow(args, nargs, kwnames);  /* a greenlet's? select.py decides */
+            }
             is_main = ioserver_is_main_thread();
         }
         PyObject *h = ioserver_tw_get(is_main);  /* owned */

@@ -65,7 +65,12 @@ class Daemon:
         """``source``: where ``config`` was read from, to read again on SIGHUP (None:
         a reload is refused)."""
         self.config = config
-        self.io = IOServer(loop=config.server.loop, name="ioserver-daemon")
+        slow = config.server.slow_callback_ms
+        self.io = IOServer(
+            loop=config.server.loop,
+            name="ioserver-daemon",
+            slow_callback=slow / 1000 if slow else None,
+        )
         # Opening ports blocks (connect, bind, spawn): done here, off the loop.
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="ioserver-open")
         self.sessions: set[Session] = set()  # loop thread only

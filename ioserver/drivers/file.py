@@ -39,22 +39,25 @@ Nothing leaks when the loop stops under a job: a completion that cannot be
 delivered (the server stopped) closes the file in the worker instead.
 
 Limits: a job stuck in the kernel (a hung NFS server; a FIFO opened with no
-writer, which is not a regular file) holds one of the two workers until it
-returns, and the interpreter's exit waits for it (ThreadPoolExecutor joins its
-threads at exit). ``timeout=`` bounds the caller's wait for the open, not the
-worker's.
+writer, which is not a regular file) holds its worker until it returns; once
+every worker has been stuck for ``POOL_GROW_AFTER`` with jobs waiting, the
+pool grows by one worker, up to ``POOL_MAX_WORKERS`` (``IOServer.stats()``:
+``file_size``, ``file_busy``, ``file_queued``). Workers are daemon
+threads: the server's stop (also at exit) closes the files first.
+``timeout=`` bounds the caller's wait for the open, not the worker's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import logging
 import os
 import threading
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from time import monotonic
 from typing import Any
 
 from ..port import Port
@@ -68,52 +71,142 @@ log = logging.getLogger("ioserver")
 
 #: Bytes per read job (and so per ``Data`` with ``packet=None``).
 DEFAULT_CHUNK_SIZE = 64 * 1024
-#: Worker threads per server.
+#: Worker threads per server (while files are open).
 POOL_WORKERS = 2
+#: The most worker threads a server's pool grows to while its workers are stuck.
+POOL_MAX_WORKERS = 8
+#: Seconds every worker must have been on its job, with jobs waiting, to grow.
+POOL_GROW_AFTER = 0.2
 #: Most bytes one write job takes from the queue.
 _WRITE_BATCH = 1 << 20
 _MODES = ("rb", "wb", "ab")
 
 
 class _FilePool:
-    """One server's file workers: a ThreadPoolExecutor that lives while files are open.
+    """One server's file workers: threads that live while files are open, and grow
+    while every one of them is stuck.
 
-    ``acquire`` (loop thread, before a file's open job) and ``release`` (any
-    thread, once that file is closed or failed to open) count the open files;
-    at zero the executor is shut down without waiting: jobs already queued
-    still run, then its threads end.
+    Jobs wait in a FIFO; idle workers wait on a Condition. ``acquire`` (loop
+    thread, before a file's open job) and ``release`` (any thread, once that
+    file is closed or failed to open) count the open files; at zero the idle
+    workers end: jobs already queued still run, then their threads end.
+
+    Growth (as Java's executors compensate for blocked workers): a job
+    submitted while every worker is busy arms a check ``grow_after`` seconds
+    later on the loop thread. If then jobs are still waiting and every worker
+    has been on its current job for at least ``grow_after`` (a FIFO with no
+    writer, a hung NFS server), one more worker starts, up to
+    ``max_workers``; the check repeats while that holds. Extra workers stay
+    until the pool goes idle.
     """
 
-    def __init__(self, workers: int = POOL_WORKERS) -> None:
-        self._lock = threading.Lock()
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None = None,
+        workers: int = POOL_WORKERS,
+        max_workers: int = POOL_MAX_WORKERS,
+        grow_after: float = POOL_GROW_AFTER,
+    ) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._loop = loop
         self._workers = workers
-        self._executor: ThreadPoolExecutor | None = None
+        self._max = max(workers, max_workers)
+        self._grow_after = grow_after
+        self._jobs: deque[tuple[Any, tuple[Any, ...]]] = deque()
+        self._size = 0  # live workers
+        self._idle = 0  # workers waiting for a job
+        self._busy: dict[int, float] = {}  # worker number -> when its job started
         self._users = 0
-        #: Executors started so far (observability, tests).
+        self._armed = False  # a growth check is scheduled
+        self._numbers = itertools.count(1)
+        #: Times the pool started from no workers (observability, tests).
         self.started = 0
+        #: Workers started beyond ``workers`` because every worker was stuck.
+        self.grown = 0
 
     def acquire(self) -> None:
-        with self._lock:
+        with self._cond:
             self._users += 1
 
     def release(self) -> None:
-        with self._lock:
+        with self._cond:
             self._users -= 1
-            executor = self._executor if self._users == 0 else None
-            if executor is not None:
-                self._executor = None
-        if executor is not None:
-            executor.shutdown(wait=False)
+            if self._users == 0:
+                self._cond.notify_all()  # idle workers end
 
     def submit(self, fn: Any, *args: Any) -> None:
-        """Run ``fn(*args)`` in a worker (starting the executor if none runs)."""
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(
-                    max_workers=self._workers, thread_name_prefix="ioserver-file"
+        """Run ``fn(*args)`` in a worker (starting one if none is idle)."""
+        with self._cond:
+            self._jobs.append((fn, args))
+            if self._idle > len(self._jobs) - 1:
+                self._cond.notify()
+            elif self._size < self._workers:
+                if self._size == 0:
+                    self.started += 1
+                self._start_worker()
+            elif not self._armed and self._size < self._max and self._loop is not None:
+                self._armed = True
+                self._loop.call_soon_threadsafe(
+                    self._loop.call_later, self._grow_after, self._check
                 )
-                self.started += 1
-            self._executor.submit(fn, *args)
+
+    def _start_worker(self) -> None:
+        """Lock held: one more worker thread."""
+        self._size += 1
+        number = next(self._numbers)
+        name = f"ioserver-file-{number}"
+        threading.Thread(target=self._work, args=(number,), name=name, daemon=True).start()
+
+    def _check(self) -> None:
+        """Loop thread: grow if every worker has been stuck since the check was armed."""
+        with self._cond:
+            self._armed = False
+            if not self._jobs or self._idle or self._size >= self._max:
+                return
+            now = monotonic()
+            stuck = len(self._busy) == self._size and all(
+                now - since >= self._grow_after for since in self._busy.values()
+            )
+            if stuck:
+                self.grown += 1
+                self._start_worker()
+            if self._jobs and self._size < self._max and self._loop is not None:
+                self._armed = True
+                self._loop.call_later(self._grow_after, self._check)
+
+    def _work(self, number: int) -> None:
+        """A worker thread: run jobs until the pool has no open file and no job."""
+        cond, jobs, busy = self._cond, self._jobs, self._busy
+        while True:
+            with cond:
+                while not jobs:
+                    if self._users <= 0:
+                        self._size -= 1
+                        return
+                    self._idle += 1
+                    try:
+                        cond.wait()
+                    finally:
+                        self._idle -= 1
+                fn, args = jobs.popleft()
+                busy[number] = monotonic()
+            try:
+                fn(*args)
+            except BaseException:  # a job reports its own outcome; this is a bug's
+                log.exception("ioserver: a file job failed")
+            finally:
+                with cond:
+                    del busy[number]
+
+    def stats(self) -> dict[str, int]:
+        """``size`` (workers), ``busy`` (on a job), ``queued`` (jobs waiting), ``grown``."""
+        with self._cond:
+            return {
+                "size": self._size,
+                "busy": len(self._busy),
+                "queued": len(self._jobs),
+                "grown": self.grown,
+            }
 
     @property
     def open_files(self) -> int:
@@ -121,14 +214,14 @@ class _FilePool:
 
     @property
     def running(self) -> bool:
-        return self._executor is not None
+        return self._size > 0
 
 
 def _pool_of(server: DriverHost) -> _FilePool:
     """Loop thread: the server's file pool, made on first use."""
     pool: _FilePool | None = getattr(server, "_file_pool", None)
     if pool is None:
-        pool = _FilePool()
+        pool = _FilePool(server.loop)
         # A lazy slot the server does not declare (DriverHost's docstring).
         setattr(server, "_file_pool", pool)  # noqa: B010
     return pool

@@ -519,6 +519,20 @@ CHANNEL_TARGETS = [
     Target("select_echo", "select(4)", "<=", 1.3, "select echo <= 1.3x recv echo"),
     Target("select_poll_ready", "select(4)", "<=", 3.0, "ready poll: select(4) <= 3x try_recv"),
     Target("round_trip", "Channel", "<=", 1.05, "round trip: Channel <= 1.05x Lock ping-pong"),
+    Target("thread_to_trio", "Channel()", ">=", 3.0, "thread->trio: Channel() >= 3x aiologic"),
+    Target(
+        "thread_to_greenlet", "Channel()", ">=", 3.0, "thread->greenlet: Channel() >= 3x aiologic"
+    ),
+    Target(
+        "trio_to_trio", "Channel(1024)", ">=", 1.0, "trio<->trio: Channel >= 1.0x memory channel"
+    ),
+    Target(
+        "greenlet_to_greenlet",
+        "Channel(1024)",
+        ">=",
+        1.0,
+        "greenlet<->greenlet: Channel >= 1.0x gevent Queue",
+    ),
 ]
 
 
@@ -612,4 +626,64 @@ def run_channels(cfg: Config) -> list[Row]:
             ),
         ]
         rows += measure(cfg, "round_trip", contenders, n=trips, unit="µs/rt", baseline="Lock")
+    rows += _green_rows(cfg)
+    return rows
+
+
+def _green_rows(cfg: Config) -> list[Row]:
+    """Trio tasks and gevent greenlets (benchlib/green.py)."""
+    from . import green
+
+    rows: list[Row] = []
+    n, to = cfg.n, cfg.timeout
+    workloads = [
+        (
+            "thread_to_trio",
+            "1 thread -> 1 trio task (trio.run in its own thread)",
+            green.thread_to_trio,
+            [
+                ("aiologic.SimpleQueue", "green_put -> await async_get()"),
+                ("Channel()", "ioserver: send -> await arecv()"),
+            ],
+            "aiologic.SimpleQueue",
+        ),
+        (
+            "thread_to_greenlet",
+            "1 thread -> 1 greenlet (on another thread's hub)",
+            green.thread_to_greenlet,
+            [
+                ("aiologic.SimpleQueue", "green_put -> green_get()"),
+                ("Channel()", "ioserver: send -> recv() in the greenlet"),
+            ],
+            "aiologic.SimpleQueue",
+        ),
+        (
+            "trio_to_trio",
+            f"trio task -> trio task, one run, buffer {green.BUFFER}",
+            green.trio_to_trio,
+            [
+                ("trio.open_memory_channel", "await send -> await receive"),
+                ("Channel(1024)", "ioserver: await asend -> await arecv"),
+            ],
+            "trio.open_memory_channel",
+        ),
+        (
+            "greenlet_to_greenlet",
+            f"greenlet -> greenlet, one hub, buffer {green.BUFFER}",
+            green.greenlet_to_greenlet,
+            [
+                ("gevent.queue.Queue", "put -> get"),
+                ("Channel(1024)", "ioserver: send -> recv"),
+            ],
+            "gevent.queue.Queue",
+        ),
+    ]
+    for workload, what, make, names, baseline in workloads:
+        if not cfg.wants(workload):
+            continue
+        progress(f"{workload}: {what}, N={n}")
+        contenders = [
+            Contender(name, partial(make(name), timeout=to), note) for name, note in names
+        ]
+        rows += measure(cfg, workload, contenders, n=n, unit="msgs/s", baseline=baseline)
     return rows

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,3 +252,42 @@ def test_open_timeout_closes_the_file_later(io: IOServer, tmp_path: Path) -> Non
     finally:
         os.close(fd)
     assert io.stats()["open_ports"] == 0
+
+
+def test_the_pool_grows_while_every_worker_is_stuck(tmp_path: Path) -> None:
+    """Every worker stuck opening a FIFO that has no writer: a regular file's open
+    waits in the queue until the pool grows by one worker, then succeeds (with two
+    fixed workers it would wait for its timeout)."""
+    from ioserver.drivers import file as file_driver
+
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"data")
+    fifos = [tmp_path / f"fifo{i}" for i in range(file_driver.POOL_WORKERS)]
+    with IOServer() as io:
+        stuck = []
+        for fifo in fifos:
+            os.mkfifo(fifo)
+            t = threading.Thread(target=lambda f=fifo: stuck.append(io.open_file(f, "rb")))
+            t.start()
+            stuck.append(t)
+        wait_until(lambda: io.stats()["file_busy"] == file_driver.POOL_WORKERS, what="stuck")
+        port = io.open_file(plain, "rb", timeout=30)
+        stats = io.stats()
+        assert stats["file_grown"] == 1
+        assert stats["file_size"] == file_driver.POOL_WORKERS + 1
+        assert port.recv(timeout=10).data == b"data"
+        for fifo in fifos:  # unblock the stuck opens: a writer end for each FIFO
+            for _ in range(1000):
+                try:
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+                    break
+                except OSError as exc:
+                    assert exc.errno == errno.ENXIO
+                    time.sleep(0.01)
+        for item in list(stuck):
+            if isinstance(item, threading.Thread):
+                item.join(10)
+        for item in stuck:
+            if not isinstance(item, threading.Thread):
+                item.close()
+        port.close()

@@ -24,6 +24,7 @@ ORDER = [
     "ioserver.messages",
     "ioserver.framing",
     "ioserver.requests",
+    "ioserver.watchdog",
     "ioserver.port",
     "ioserver.drivers",
     "ioserver.server",

@@ -17,6 +17,7 @@ from ioserver.sched import (
     Task,
     ThreadWakeup,
     WakeupHandle,
+    current_async_task,
     current_task,
 )
 
@@ -118,7 +119,7 @@ def test_block_after_callback_waking_own_handle_returns_at_once() -> None:
 
 @pytest.mark.asyncio
 async def test_async_block_after_callback_waking_own_handle_returns_at_once() -> None:
-    task = current_task()
+    task = current_async_task()
     assert isinstance(task, AsyncTask)
     assert await task.block_after(lambda h: h.wake(), timeout=None) is True
 
@@ -127,7 +128,7 @@ async def test_async_block_after_callback_waking_own_handle_returns_at_once() ->
 @pytest.mark.parametrize("timeout", [0, 0.02])
 async def test_async_block_after_returns_false_on_timeout(timeout: float) -> None:
     box = HandleBox()
-    assert await current_task().block_after(box, timeout=timeout) is False  # type: ignore[misc]
+    assert await current_async_task().block_after(box, timeout=timeout) is False  # type: ignore[misc]
     assert box.handle.wake() is False
 
 
@@ -150,7 +151,7 @@ def test_no_spurious_wakeup_from_an_old_handle() -> None:
 
 @pytest.mark.asyncio
 async def test_async_no_spurious_wakeup_from_an_old_handle() -> None:
-    task = current_task()
+    task = current_async_task()
     first = HandleBox()
     assert await task.block_after(lambda h: (first(h), h.wake()), timeout=1) is True  # type: ignore[misc]
     old = first.handle
@@ -178,7 +179,7 @@ async def test_thread_wakes_coroutine() -> None:
 
     t = threading.Thread(target=waker, daemon=True)
     t.start()
-    task = current_task()
+    task = current_async_task()
     assert isinstance(task, AsyncTask)
     assert await task.block_after(box, timeout=30) is True
     t.join(10)
@@ -206,7 +207,7 @@ def test_coroutine_on_one_loop_wakes_coroutine_on_another(uv: bool) -> None:
     box = HandleBox()
 
     async def sleeper() -> bool:
-        return await current_task().block_after(box, timeout=30)  # type: ignore[no-any-return,misc]
+        return await current_async_task().block_after(box, timeout=30)  # type: ignore[no-any-return,misc]
 
     async def waker() -> bool:
         await await_until(lambda: box.handles)
@@ -254,7 +255,7 @@ def test_async_timeout_vs_thread_wake_race_never_loses_a_wake() -> None:
     rng = random.Random(99)
 
     async def sleeper(box: HandleBox, timeout: float) -> bool:
-        return await current_task().block_after(box, timeout=timeout)  # type: ignore[no-any-return,misc]
+        return await current_async_task().block_after(box, timeout=timeout)  # type: ignore[no-any-return,misc]
 
     with loop_thread(use_uvloop=True) as lt:
         for _ in range(300):
@@ -273,7 +274,7 @@ def test_async_timeout_vs_thread_wake_race_never_loses_a_wake() -> None:
 async def test_cancelled_async_block_after_raises_and_refuses_later_wake() -> None:
     """Cancelled before any wake: CancelledError, and the handle can no longer be woken."""
     box = HandleBox()
-    task = asyncio.create_task(current_task().block_after(box))  # type: ignore[arg-type]
+    task = asyncio.create_task(current_async_task().block_after(box))  # type: ignore[arg-type]
     await await_until(lambda: box.handles)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -286,7 +287,7 @@ async def test_woken_then_cancelled_async_block_after_keeps_the_wake() -> None:
     """Woken (by another thread), then cancelled before resuming: the wake counted, and
     block_after still raises CancelledError."""
     box = HandleBox()
-    task = asyncio.create_task(current_task().block_after(box))  # type: ignore[arg-type]
+    task = asyncio.create_task(current_async_task().block_after(box))  # type: ignore[arg-type]
     await await_until(lambda: box.handles)
     woke: list[bool] = []
     t = threading.Thread(target=lambda: woke.append(box.handle.wake()), daemon=True)

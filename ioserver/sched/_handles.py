@@ -81,36 +81,41 @@ docs/architecture.md ("Native core").
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import threading
 import time
-from _thread import allocate_lock, start_new_thread
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ._core import native
+from .._core import native
+from ._original import allocate_lock, get_ident, start_new_thread
+from ._original import sleep as _sleep
 
 __all__ = [
     "AsyncTask",
+    "AsyncTaskLike",
     "AsyncWakeup",
     "MainThreadWakeup",
     "PyThreadWakeup",
     "PyWakeupHandle",
     "Task",
+    "TaskLike",
     "ThreadTask",
     "ThreadWakeup",
     "WakeupHandle",
     "WokenThenCancelled",
-    "current_task",
     "shielded",
     "thread_wakeup",
 ]
 
-_get_ident = threading.get_ident
+_get_ident = get_ident
 # The thread where signal handlers run. A forked child runs them in the
 # thread that forked, which is then its main thread.
-_main_ident = threading.main_thread().ident
+_main_ident = (
+    get_ident()
+    if threading.current_thread() is threading.main_thread()
+    else threading.main_thread().ident
+)
 
 
 def _forked() -> None:
@@ -126,7 +131,6 @@ if native is not None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forked)
-_sleep = time.sleep
 R = TypeVar("R")
 
 #: How long :meth:`ThreadWakeup.abort` waits for a waker's unpark when the
@@ -151,15 +155,24 @@ class PyWakeupHandle:
 
     def claim(self) -> bool:
         """Try to take the right to end this block; True for exactly one caller."""
-        return self._claim.acquire(False)
+        return bool(self._claim.acquire(False))
 
     @property
     def claimed(self) -> bool:
         """Whether some party has claimed the handle (a hint: may change at once)."""
-        return self._claim.locked()
+        return bool(self._claim.locked())
 
-    def unpark(self) -> None:
-        """Make the sleeper runnable. Only the winner of :meth:`claim` calls this."""
+    def unpark(self) -> bool:
+        """Make the sleeper runnable. Only the winner of :meth:`claim` calls this.
+
+        The contract every handle keeps (the waker may hold a channel's lock,
+        or be the I/O thread): ``unpark`` never blocks, never switches to
+        another task and never raises. It returns True when the sleeper will
+        run, False when its scheduler is gone (the asyncio loop closed, the
+        trio run finished, the gevent hub destroyed). On False the waker keeps
+        what it was handing over (a message goes to the next receiver or back
+        into the buffer, a slot to the next sender): no message is lost.
+        """
         raise NotImplementedError
 
     def wake(self) -> bool:
@@ -193,9 +206,10 @@ class PyThreadWakeup(PyWakeupHandle):
         # park about to take its own claim, and read only by abort().)
         self._unparked = False
 
-    def unpark(self) -> None:
+    def unpark(self) -> bool:
         self._park.release()
         self._unparked = True
+        return True
 
     def park(self, timeout: float | None = None) -> bool:
         """Block the calling thread until woken (True) or ``timeout`` passes (False).
@@ -336,15 +350,22 @@ class AsyncWakeup(WakeupHandle):
         # cancelled sleeper that lost the claim: see _wait_unparked.
         self._unparked = False
 
-    def unpark(self) -> None:
+    def unpark(self) -> bool:
+        """Resolve the future: directly on the loop's thread, else through
+        ``call_soon_threadsafe``. False if the loop is closed: its task will never
+        run again, so the waker keeps what it was handing over."""
+        loop = self._loop
+        if loop.is_closed():
+            return False
         self._unparked = True
         if _get_ident() == self._thread:
             _resolve(self._fut)
-        else:
-            # Called from another thread, possibly after that loop was closed
-            # (its task is gone then, and there is nobody left to wake).
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(_resolve, self._fut)
+            return True
+        try:
+            loop.call_soon_threadsafe(_resolve, self._fut)
+        except RuntimeError:  # closed between the check and the call
+            return False
+        return True
 
     async def park(self, timeout: float | None = None) -> bool:
         """Wait until woken (True) or ``timeout`` passes (False).
@@ -385,7 +406,7 @@ class AsyncWakeup(WakeupHandle):
         unparked: nothing here runs between its two steps.
         """
         while not self._unparked:
-            time.sleep(0)  # let the waker's thread run
+            _sleep(0)  # let the waker's thread run
 
 
 def _expire(handle: AsyncWakeup) -> None:
@@ -407,14 +428,48 @@ class WokenThenCancelled(asyncio.CancelledError):
     """
 
 
+class TaskLike(Protocol):
+    """What a scheduler implements so blocking calls (``recv``, ``send``,
+    ``select``, ``IOServer.call``) park its tasks: see :func:`using_task`."""
+
+    def block_after(
+        self, f: Callable[[WakeupHandle], object], timeout: float | None = None
+    ) -> bool: ...
+
+    def yield_now(self) -> None: ...
+
+
+class AsyncTaskLike(Protocol):
+    """What a scheduler implements so ``await`` calls (``arecv``, ``asend``,
+    ``aselect``, ``IOServer.acall``) park its tasks."""
+
+    async def block_after(
+        self, f: Callable[[WakeupHandle], object], timeout: float | None = None
+    ) -> bool: ...
+
+    async def yield_now(self) -> None: ...
+
+
 class Task:
-    """The scheduling operations of the current thread."""
+    """The scheduling operations of the current native thread.
+
+    The plug-in contract every task kind keeps (:class:`TaskLike`,
+    :class:`AsyncTaskLike`), documented in docs/architecture.md ("Task kinds"):
+    ``block_after(f, timeout)`` makes a fresh handle, calls ``f(handle)`` and
+    blocks the *task* (never more: a greenlet parks alone, not its thread)
+    until the handle's winner of the claim unparks it (True) or the timeout
+    wins the claim (False). If it raises instead (the task was cancelled or
+    killed), it has first ended the block: either it took the claim itself
+    (nothing happened: ``handle.payload`` is still None) or a waker had won it,
+    and then that waker's payload is stored when it raises, for the caller to
+    honour or undo.
+    """
 
     __slots__ = ()
 
     def yield_now(self) -> None:
         """Give up the rest of this thread's time slice."""
-        time.sleep(0)
+        _sleep(0)
 
     def block_after(
         self, f: Callable[[WakeupHandle], object], timeout: float | None = None
@@ -426,7 +481,11 @@ class Task:
         """
         handle = ThreadWakeup()
         f(handle)
-        return handle.park(timeout)
+        try:
+            return handle.park(timeout)
+        except BaseException:  # interrupted: end the block before raising (see the class doc)
+            shielded(handle.abort)
+            raise
 
 
 ThreadTask = Task
@@ -451,8 +510,8 @@ class AsyncTask:
 
         Returns True when woken, False on timeout. A cancellation raises
         CancelledError; if a waker had claimed the handle first, the wakeup
-        still counts (the waker's side effects stand) and CancelledError is
-        raised all the same.
+        still counts (the waker's side effects stand, its payload is set) and
+        CancelledError is raised all the same.
         """
         handle = AsyncWakeup(self._loop)
         f(handle)
@@ -460,15 +519,6 @@ class AsyncTask:
             return await handle.park(timeout)
         except WokenThenCancelled:
             raise asyncio.CancelledError from None
-
-
-def current_task() -> Task | AsyncTask:
-    """The task running this code: the asyncio task if there is one, else the thread."""
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return _THREAD_TASK
-    return AsyncTask(loop)
 
 
 _THREAD_TASK = Task()
