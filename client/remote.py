@@ -51,7 +51,14 @@ from ioserver.drivers.options import (
 )
 from ioserver.framing import FrameError
 from ioserver.messages import Accepted, Closed
-from ioserver.port import Port, PortClosed, describe, encode_for_send
+from ioserver.port import (
+    READ_ONLY_KINDS,
+    Port,
+    PortClosed,
+    describe,
+    encode_for_send,
+    not_writable,
+)
 from ioserver.sched import ThreadWakeup, WakeupHandle, green_task, run_blocking
 from ioserver.server import IOServer, default
 from ioserver.tlsclient import (
@@ -98,6 +105,23 @@ class RemotePort(Port):
             payload = encode_for_send(self, _packb, data)
             return self._write_on_loop, data, len(payload)
         return super()._check_send(data)
+
+
+class ReadOnlyRemotePort(RemotePort):
+    """A RemotePort of ``READ_ONLY_KINDS`` (listeners, intervals): ``send``/``asend``
+    raise TypeError at once, as the embedded ``ReadOnlyPort``'s (the daemon would
+    otherwise close the port on the write); ``type(port).__name__`` is "RemotePort"."""
+
+    __slots__ = ()
+
+    def send(self, data: Any, *, timeout: float | None = None, nowait: bool = False) -> bool:
+        raise not_writable(self)
+
+    async def asend(self, data: Any, *, timeout: float | None = None) -> bool:
+        raise not_writable(self)
+
+
+ReadOnlyRemotePort.__name__ = ReadOnlyRemotePort.__qualname__ = "RemotePort"
 
 
 class RemoteDriver(Driver):
@@ -294,7 +318,8 @@ class _Link(asyncio.Protocol):
         conn_inbox: Any,
         packet: str | int | None = None,
     ) -> RemotePort:
-        port = RemotePort(self.io, kind, inbox, port_id)
+        make = ReadOnlyRemotePort if kind in READ_ONLY_KINDS else RemotePort
+        port = make(self.io, kind, inbox, port_id)
         self.ports[port_id] = RemoteDriver(self, port, conn_inbox, packet)
         return port
 

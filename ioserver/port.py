@@ -60,10 +60,13 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_HIGH_WATER",
     "DEFAULT_INBOX_CAPACITY",
+    "READ_ONLY_KINDS",
     "Port",
     "PortClosed",
+    "ReadOnlyPort",
     "describe",
     "encode_for_send",
+    "not_writable",
 ]
 
 #: Messages a port's own inbox holds before the port stops reading (and the
@@ -676,6 +679,37 @@ async def _await_not_busy_in(port: Port, task: AsyncTaskLike, timeout: float | N
         if not woken:
             port._forget_writer(box[0])
             raise TimeoutError(f"{port!r} stayed busy past the timeout")
+#: Kinds of port that only deliver: a send has nowhere to go.
+READ_ONLY_KINDS = frozenset({"tcp-listener", "unix-listener", "interval", "watch"})
+
+
+def not_writable(port: Port) -> TypeError:
+    """The error of a send on a port of :data:`READ_ONLY_KINDS`: raised in the
+    caller, so the port goes on (written to on the loop it would fail and close)."""
+    if port.kind.endswith("-listener"):
+        what = "a listener delivers Accepted(port, conn): send on conn"
+    elif port.kind == "interval":
+        what = "an interval port delivers Tick messages"
+    else:
+        what = "a watch port delivers Readable/Writable: write to the fd itself"
+    return TypeError(f"{port!r} cannot be written to ({what})")
+
+
+class ReadOnlyPort(Port):
+    """A port of :data:`READ_ONLY_KINDS` (what the listeners, ``interval`` and
+    ``watch`` return): ``send``/``asend`` raise TypeError at once and change
+    nothing. Everything else is Port's; ``type(port).__name__`` is "Port"."""
+
+    __slots__ = ()
+
+    def send(self, data: Any, *, timeout: float | None = None, nowait: bool = False) -> bool:
+        raise not_writable(self)
+
+    async def asend(self, data: Any, *, timeout: float | None = None) -> bool:
+        raise not_writable(self)
+
+
+ReadOnlyPort.__name__ = ReadOnlyPort.__qualname__ = "Port"
 
 
 # The native core's send path (csrc/port.c): send's common case (bytes, an open port

@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from ..messages import Accepted
-from ..port import Port
+from ..port import Port, ReadOnlyPort
 from .base import Driver, DriverHost, native_input
 from .options import PortOptions, take_options
 
@@ -378,7 +378,7 @@ def listen(
     """Client side: bind with ``open_fn(backlog)`` on the loop (it returns the listening
     sockets), start accepting; block until bound or raise its OSError."""
     opts, extra = take_options(dict(options), "conn_inbox", "backlog")
-    port = Port(server, f"{kind}-listener", opts.inbox)
+    port = ReadOnlyPort(server, f"{kind}-listener", opts.inbox)
     conn_inbox = extra.get("conn_inbox", opts.inbox)
     backlog = extra.get("backlog", 128)
 

@@ -84,7 +84,7 @@ from typing import Any
 
 from ..channel import Channel, ChannelClosed, Full
 from ..messages import Tick, make_tick
-from ..port import Port
+from ..port import Port, ReadOnlyPort
 from ..requests import RequestQueue, ServerStopped
 from .base import Driver, DriverHost
 from .options import take_options
@@ -574,7 +574,7 @@ def interval(server: DriverHost, period: float, options: Mapping[str, Any]) -> P
         raise ValueError(
             f"interval ports deliver Tick messages: packet must be None, not {opts.packet!r}"
         )
-    port = Port(server, "interval", opts.inbox)
+    port = ReadOnlyPort(server, "interval", opts.inbox)
     port.info_extra["period"] = seconds  # known now: the repr need not wait for the loop
     first = monotonic() + seconds
     server._requests.submit(_open_interval, server, port, seconds, first, opts.active)

@@ -48,7 +48,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..messages import Message, Readable, Writable
-from ..port import Port
+from ..port import Port, ReadOnlyPort
 from .base import Driver, DriverHost
 from .options import take_options
 
@@ -271,7 +271,7 @@ def watch(
     fd = _fileno(fileobj)
     owner = _owner_ref(fileobj)
     interest = (_READ if readable else 0) | (_WRITE if writable else 0)
-    port = Port(server, "watch", opts.inbox, high_water=opts.high_water)
+    port = ReadOnlyPort(server, "watch", opts.inbox, high_water=opts.high_water)
     port.info_extra["fd"] = fd
     dup_fd = os.dup(fd)  # non-inheritable; raises EBADF for a closed fd
     taken = False  # the loop-side function owns dup_fd once it runs

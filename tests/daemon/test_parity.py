@@ -321,6 +321,28 @@ class TestPortParity:
         assert drain(conn) == [Closed(conn)]  # no Error: the refused sends never reached it
         assert drain(accepted) == [Closed(accepted)]
 
+    def test_send_on_a_listener_or_an_interval_refuses_at_once(self, io: Any) -> None:
+        """A listener or an interval port has nothing to write to: send/asend raise
+        TypeError saying so, and the port goes on (written to on the loop, it would
+        fail and close: a newcomer sending on the listener instead of the conn)."""
+        listener = io.listen_tcp("127.0.0.1", 0)
+        ticker = io.interval(0.05)
+        with pytest.raises(TypeError, match=r"cannot be written to \(a listener delivers"):
+            listener.send(b"hello")
+        with pytest.raises(TypeError, match=r"cannot be written to \(an interval port"):
+            asyncio.run(ticker.asend(b"tick?"))
+        public = "RemotePort" if isinstance(io, ioserver_client.RemoteIOServer) else "Port"
+        assert type(listener).__name__ == type(ticker).__name__ == public
+        assert isinstance(ticker.recv(timeout=T), Tick)  # still ticking
+        conn = io.connect_tcp(*listener.address)  # still accepting
+        accepted = listener.recv(timeout=T)
+        assert isinstance(accepted, Accepted) and accepted.port is listener, accepted
+        accepted.conn.send(b"the conn is writable")
+        assert recv_bytes(conn, 20) == b"the conn is writable"
+        for port in (listener, ticker, conn, accepted.conn):
+            port.close()
+        assert drain(listener)[-1] == Closed(listener)
+
     def test_send_on_a_msgpack_port_refuses_what_msgpack_cannot_encode(self, io: Any) -> None:
         """packet="msgpack" takes any object msgpack encodes; a set raises TypeError at
         once, and the frames sent around it arrive intact."""

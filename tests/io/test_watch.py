@@ -90,6 +90,21 @@ def test_readable_after_the_peer_writes(io: IOServer, pair: Any) -> None:
     assert until_mark(io, inbox) == [Closed(w)]
 
 
+def test_send_on_a_watch_port_refuses_at_once(io: IOServer, pair: Any) -> None:
+    """A watch port writes nothing: send raises TypeError (write to the fd itself) and
+    the watch goes on, where a write on the loop would have failed and closed it."""
+    a, b = pair
+    inbox: Channel[Any] = Channel(64)
+    w = io.watch(a, inbox=inbox)
+    with pytest.raises(TypeError, match=r"cannot be written to \(a watch port"):
+        w.send(b"x")
+    assert type(w).__name__ == "Port" and not w.closed
+    b.send(b"x")
+    assert inbox.recv(timeout=10) == Readable(w, a.fileno())
+    w.close()
+    assert until_mark(io, inbox) == [Closed(w)]
+
+
 def test_once_is_one_shot_until_rearmed(io: IOServer, pair: Any) -> None:
     """Default active="once": one Readable per arm although the socket stays
     readable; setopts(active="once") and read() each re-arm for one more."""
