@@ -32,14 +32,18 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
+
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no stubs
 
 from ioserver import protocol
 from ioserver.channel import Channel, ChannelClosed, Full
+from ioserver.config import default_socket_path
 from ioserver.drivers.base import Driver
 from ioserver.framing import FrameError
 from ioserver.messages import Accepted, Closed
-from ioserver.port import Port, PortClosed
+from ioserver.port import Port, PortClosed, describe, encode_for_send
 from ioserver.sched import ThreadWakeup, WakeupHandle, green_task, run_blocking
 from ioserver.server import IOServer, default
 
@@ -65,7 +69,19 @@ class RemotePort(Port):
         self.remote_id = remote_id
 
     def __repr__(self) -> str:
-        return f"<RemotePort {self.remote_id} {self.kind}{' closed' if self._closed else ''}>"
+        return (
+            f"<RemotePort {self.remote_id} {self.kind}{describe(self.info_extra)}"
+            f"{self._closed_text()}>"
+        )
+
+    def _check_send(self, data: Any) -> tuple[Callable[[Any, int], None], Any, int]:
+        """As ``Port._check_send`` (the same TypeErrors); a msgpack object is
+        encoded here only to check it (and count its bytes): it travels to the
+        daemon as an object, which encodes it for the port."""
+        if getattr(self._driver, "packet", None) == "msgpack":
+            payload = encode_for_send(self, _packb, data)
+            return self._write_on_loop, data, len(payload)
+        return super()._check_send(data)
 
 
 class RemoteDriver(Driver):
@@ -73,8 +89,16 @@ class RemoteDriver(Driver):
 
     kind = "remote"
 
-    def __init__(self, link: _Link, port: RemotePort, conn_inbox: Channel[Any] | None) -> None:
+    def __init__(
+        self,
+        link: _Link,
+        port: RemotePort,
+        conn_inbox: Channel[Any] | None,
+        packet: str | int | None = None,
+    ) -> None:
         super().__init__(link.io, port, active=True)
+        # The daemon frames; the mode is kept for RemotePort.send's argument check.
+        self.packet = packet
         self.link = link
         self.kind = port.kind
         self.conn_inbox = conn_inbox  # for a listener: where accepted ports deliver
@@ -213,7 +237,7 @@ class _Link(asyncio.Protocol):
                 return
             inbox = listener.conn_inbox
             conn = self._new_port(
-                params[1], listener.port.kind.replace("-listener", ""), inbox, None
+                params[1], listener.port.kind.replace("-listener", ""), inbox, None, listener.packet
             )
             if len(params) > 2 and params[2] is not None:
                 conn.info_extra["peer"] = _tuple(params[2])
@@ -238,10 +262,15 @@ class _Link(asyncio.Protocol):
             driver.deliver(message)
 
     def _new_port(
-        self, port_id: int, kind: str, inbox: Channel[Any] | None, conn_inbox: Any
+        self,
+        port_id: int,
+        kind: str,
+        inbox: Channel[Any] | None,
+        conn_inbox: Any,
+        packet: str | int | None = None,
     ) -> RemotePort:
         port = RemotePort(self.io, kind, inbox, port_id)
-        self.ports[port_id] = RemoteDriver(self, port, conn_inbox)
+        self.ports[port_id] = RemoteDriver(self, port, conn_inbox, packet)
         return port
 
     def _send(self, data: bytes) -> None:
@@ -359,7 +388,7 @@ class RemoteIOServer:
 
         def on_result(result: Any) -> RemotePort:
             port_id = result[0] if isinstance(result, list) else result
-            port = self._link._new_port(port_id, kind, inbox, conn_inbox)
+            port = self._link._new_port(port_id, kind, inbox, conn_inbox, options.get("packet"))
             if isinstance(result, list) and len(result) > 1:
                 detail = result[1]
                 if kind == "process":
@@ -375,14 +404,18 @@ class RemoteIOServer:
 
     def connect_tcp(self, host: str, port: int, **options: Any) -> RemotePort:
         """As ``IOServer.connect_tcp``; the connection is made by the daemon."""
-        return self._open("connect_tcp", [host, port], "tcp", options)
+        conn = self._open("connect_tcp", [host, port], "tcp", options)
+        conn.info_extra["peer"] = (host, port)  # as asked (the daemon answers the id only)
+        return conn
 
     def listen_tcp(self, host: str, port: int, **options: Any) -> RemotePort:
         """As ``IOServer.listen_tcp``; ``.address`` is the daemon's bound address."""
         return self._open("listen_tcp", [host, port], "tcp-listener", options, ("backlog",))
 
     def connect_unix(self, path: str, **options: Any) -> RemotePort:
-        return self._open("connect_unix", [path], "unix", options)
+        conn = self._open("connect_unix", [path], "unix", options)
+        conn.info_extra["peer"] = path
+        return conn
 
     def listen_unix(self, path: str, **options: Any) -> RemotePort:
         port = self._open("listen_unix", [path], "unix-listener", options, ("backlog",))
@@ -402,10 +435,14 @@ class RemoteIOServer:
         return self._open("spawn", [list(argv)], "process", options, ("cwd", "env", "stderr"))
 
     def interval(self, period: float, **options: Any) -> RemotePort:
-        return self._open("interval", [period], "interval", options)
+        ticker = self._open("interval", [period], "interval", options)
+        ticker.info_extra["period"] = period
+        return ticker
 
     def open_file(self, path: str, mode: str = "rb", **options: Any) -> RemotePort:
-        return self._open("open_file", [path, mode], "file", options, ("chunk_size",))
+        file = self._open("open_file", [path, mode], "file", options, ("chunk_size",))
+        file.info_extra["path"] = path
+        return file
 
     # awaitable openers (asyncio or trio): the blocking form in a helper thread, so the
     # caller's loop never waits; a cancelled open closes its port (ioserver.sched)
@@ -473,18 +510,22 @@ class RemoteIOServer:
 
 
 def connect(
-    address: str,
+    address: str | None = None,
     token: str | None = None,
     *,
     io: IOServer | None = None,
     timeout: float | None = 5.0,
 ) -> RemoteIOServer:
-    """Connect to a daemon at a Unix socket path or ``tcp://host:port``.
+    """Connect to a daemon at a Unix socket path or ``tcp://host:port``; with no
+    address, at the daemon's default socket (``ioserver.config.default_socket_path()``,
+    where ``ioserver serve`` listens by default).
 
     ``token`` is sent in ``hello`` (required over TCP). ``io`` is the local I/O
     thread that carries the connection (default: ``ioserver.server.default()``).
     Raises the OSError of the connect (FileNotFoundError, ConnectionRefusedError...).
     """
+    if address is None:
+        address = default_socket_path()
     io = io or default()
     link = _Link(io)
 
@@ -501,6 +542,9 @@ def connect(
     if token is not None or address.startswith("tcp://"):
         remote._call("hello", [protocol.PROTOCOL_VERSION, token], timeout=timeout)
     return remote
+
+
+_packb = partial(msgpack.packb, use_bin_type=True)
 
 
 def _tuple(value: Any) -> Any:

@@ -133,3 +133,16 @@ class RequestQueue:
         self, why: str | None = None, /
     ) -> list[tuple[Callable[..., object], tuple[Any, ...], Any]]: ...
     def _close_fds(self, forked: bool = False, /) -> None: ...
+
+def message_maker(cls: type, field_names: tuple[str, ...], /) -> Callable[..., Any]: ...
+def setup_driver(
+    driver: type,
+    port: type,
+    no_one: Any,
+    control_types: tuple[type, ...],
+    make_data: Callable[..., Any],
+    full: type[BaseException],
+    closed: type[BaseException],
+    /,
+) -> dict[str, Any]: ...
+def setup_port(port: type, /) -> dict[str, Any]: ...

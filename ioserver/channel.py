@@ -131,6 +131,8 @@ class ChannelClosed(Exception):
         self.value = value
 
     def __str__(self) -> str:
+        if hasattr(self.channel, "inbox"):  # a port (port.py), named as the user holds it
+            return f"no more messages from {self.channel!r}: its inbox is closed"
         return f"channel {self.channel!r} is closed"
 
 
@@ -342,9 +344,17 @@ class PyChannel(Closing, Generic[T]):
         return len(self._buf)
 
     def __repr__(self) -> str:
-        cap = "unbounded" if self._capacity is None else f"capacity={self._capacity}"
+        """``<Channel unbounded buffered=0>``, ``<Channel capacity=8 buffered=3>``,
+        ``<Channel rendezvous>``, then `` closed`` once closed: the public name
+        whatever the flavour (as the native core's); a subclass shows its own."""
+        name = "Channel" if type(self) in _FLAVOURS else type(self).__qualname__
         state = " closed" if self._closed else ""
-        return f"<{type(self).__qualname__.lstrip('_')} Channel {cap} buffered={len(self)}{state}>"
+        capacity = self._capacity
+        if capacity is None:
+            return f"<{name} unbounded buffered={len(self)}{state}>"
+        if capacity == 0:
+            return f"<{name} rendezvous{state}>"
+        return f"<{name} capacity={capacity} buffered={len(self)}{state}>"
 
     def statistics(self) -> ChannelStatistics:
         """A frozen snapshot: buffered, capacity, waiting senders/receivers, closed."""
@@ -508,6 +518,12 @@ class PyChannel(Closing, Generic[T]):
                 room.pop()  # keep the slot count exact when there is a free slot
             self._buf.append(value)
             self._feed()
+
+    def _after_fork(self) -> None:
+        """In a forked child (drivers/base.py): a lock that a thread of the parent
+        held at the fork would never be released."""
+        if self._lock.locked():
+            self._lock = Lock()
 
     def _take_matching(self, predicate: Callable[[Any], bool]) -> list[Any]:
         """Remove and return the buffered messages for which ``predicate`` is true,
@@ -1021,6 +1037,13 @@ def _ask_a_sender(ch: PyChannel[Any], own: WakeupHandle | None = None) -> None:
     ch._swake = ch._closed or bool(senders)
 
 
+#: The classes ``PyChannel(capacity)`` instantiates. They are one public class to
+#: the user: named PyChannel (``type(ch).__name__``), shown as Channel by repr.
+_FLAVOURS = (_Unbounded, _Bounded, _Rendezvous)
+for _flavour in _FLAVOURS:
+    _flavour.__name__ = _flavour.__qualname__ = "PyChannel"
+
+
 # ---------------------------------------------------------------------------------
 # Slow paths, shared by the flavours: one attempt under the lock, then park.
 
@@ -1184,17 +1207,6 @@ def _undo_send(ch: PyChannel[Any], handle: ThreadWakeup) -> bool:
 # The native core: ioserver._native.Channel, with what stays in Python here.
 
 
-class _NoLock:
-    """Stands in for the pure-Python channel's ``_lock`` on a native channel, which
-    has none (the GIL is its mutex): never held, so a forked child's driver finds
-    nothing to replace (drivers/base.py)."""
-
-    __slots__ = ()
-
-    def locked(self) -> bool:
-        return False
-
-
 # The park of a task that is not a native thread or an asyncio task (a greenlet,
 # a trio task, a using_task scheduler) is written once, over the select
 # protocol, in select.py; select.py stands below this module, so it installs
@@ -1317,7 +1329,9 @@ if native is not None:
 
         __slots__ = ()
 
-        _lock = _NoLock()
+        def _after_fork(self) -> None:
+            """Nothing to replace: no lock (the GIL is its mutex), and the parked
+            entries of the parent's threads are dropped by the core (sched.py)."""
 
         def __iter__(self) -> Iterator[T]:
             """Receive until the channel is closed and drained."""

@@ -1,4 +1,4 @@
-"""``ioserver serve | ping | stats | top``: the command line.
+"""``ioserver serve | ping | stats | top | reload``: the command line.
 
 Logs and progress go to stderr, results to stdout. Exit codes: 0 success,
 1 the daemon is unreachable or answered with an error, 2 bad usage or
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import logging
 import os
 import select
 import socket
@@ -209,27 +208,47 @@ def own_view(stats: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the daemon until SIGINT/SIGTERM."""
-    from .config import load
+    """Run the daemon until SIGINT/SIGTERM (SIGHUP reloads the config)."""
+    from .daemon import logs
+    from .daemon.reload import ConfigSource
     from .daemon.serve import Daemon, StartError
 
-    config = load(args.config)
-    config = config.with_server(
-        socket=args.socket or None,
-        tcp=args.tcp,
-        token_file=args.token_file,
-        log_level="debug" if args.verbose else args.log_level,
-    )
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(message)s",
-    )
+    overrides = {
+        "socket": args.socket or None,
+        "tcp": args.tcp,
+        "token_file": args.token_file,
+        "log_level": "debug" if args.verbose else args.log_level,
+    }
+    source = ConfigSource(args.config, {k: v for k, v in overrides.items() if v is not None})
+    config = source.read()  # a reload reads the same way (the overrides still win)
+    logs.configure(config.server.log_level, config.server.log_format)
     try:
-        return Daemon(config).run()
+        return Daemon(config, source).run()
     except StartError as exc:
         print(f"ioserver: cannot start: {exc}", file=sys.stderr)
         return EXIT_FAIL
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Ask the daemon to re-read its configuration (as SIGHUP does); print what changed."""
+    address, client = _open(args)
+    if client is None:
+        return EXIT_FAIL
+    try:
+        answer = client.call("reload")
+    except OSError as exc:
+        _no_answer(address, exc)
+        return EXIT_FAIL
+    except protocol.RpcError as exc:
+        print(f"ioserver: reload refused by {address}: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        client.close()
+    changed = ", ".join(answer.get("changed") or []) or "nothing changed"
+    _out(f"reloaded {address}: {changed}\n")
+    for key in answer.get("restart_needed") or []:
+        _out(f"{key} changed in the file: it takes effect at the next restart\n")
+    return EXIT_OK
 
 
 def cmd_ping(args: argparse.Namespace) -> int:
@@ -579,6 +598,7 @@ def build_parser() -> ArgumentParser:
         ("ping", cmd_ping, "check that a daemon answers"),
         ("stats", cmd_stats, "print a daemon's counters and sessions"),
         ("top", cmd_top, "live view of a daemon (q or Ctrl-C quits)"),
+        ("reload", cmd_reload, "make a daemon re-read its config file (as SIGHUP does)"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:])
         p.add_argument(

@@ -13,7 +13,8 @@ Sections and keys (defaults in parentheses):
     ``socket`` (``""``: the default path, see :func:`default_socket_path`),
     ``tcp`` (``""``: off; else ``"host:port"``), ``token`` / ``token_file``
     (``""``), ``insecure`` (false), ``loop`` ("auto"), ``log_level`` ("info"),
-    ``slow_callback_ms`` (100: the I/O thread's watchdog; 0 turns it off).
+    ``log_format`` ("text"), ``slow_callback_ms`` (100: the I/O thread's
+    watchdog; 0 turns it off).
 ``[limits]``
     ``sessions`` (1000), ``ports_per_session`` (1000), ``max_frame_bytes``
     (16 MiB), ``max_message_bytes`` (16 MiB), ``pending_bytes`` (4 MiB),
@@ -21,6 +22,8 @@ Sections and keys (defaults in parentheses):
     ``unauthenticated`` (64).
 ``[spawn]``
     ``allow`` (``[]``: spawn disabled).
+``[metrics]``
+    ``listen`` (``""``: off; else ``"host:port"`` of the Prometheus endpoint).
 
 Security rules, checked whenever a Config is built (also by
 ``dataclasses.replace``, so a ``--tcp`` override can't skip them):
@@ -50,6 +53,7 @@ from pathlib import Path
 from typing import Any, Final
 
 __all__ = [
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "LOOPS",
     "MAX_DEPTH_LIMIT",
@@ -58,6 +62,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "LimitsConfig",
+    "MetricsConfig",
     "ServerConfig",
     "SpawnConfig",
     "default_socket_path",
@@ -74,6 +79,7 @@ class ConfigError(ValueError):
 
 LOOPS: Final = ("auto", "uvloop", "asyncio")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+LOG_FORMATS: Final = ("text", "json")
 MIN_TOKEN_LENGTH: Final = 16
 MAX_DEPTH_LIMIT: Final = 500
 """The most ``limits.max_depth`` may be: msgpack's packer refuses deeper values."""
@@ -158,6 +164,8 @@ class ServerConfig:
     """Event loop: "auto" (uvloop if installed), "uvloop" or "asyncio"."""
     log_level: str = "info"
     """Logging threshold on stderr: "debug", "info", "warning" or "error"."""
+    log_format: str = "text"
+    """Log lines on stderr: "text" (for people) or "json" (one object a line)."""
     slow_callback_ms: int = 100
     """Warn (with its stack) about a function holding the I/O thread longer; 0: off."""
 
@@ -172,6 +180,7 @@ class ServerConfig:
             raise _fail("server.insecure", "true or false", self.insecure)
         _check_choice("server.loop", self.loop, LOOPS)
         _check_choice("server.log_level", self.log_level, LOG_LEVELS)
+        _check_choice("server.log_format", self.log_format, LOG_FORMATS)
         if self.tcp:
             try:
                 _parse_tcp(self.tcp)
@@ -300,12 +309,35 @@ class SpawnConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``[metrics]``: the Prometheus endpoint (``GET /metrics``, unauthenticated)."""
+
+    listen: str = ""
+    """"host:port" to serve metrics on (port 0: any free one); "" for none."""
+
+    def __post_init__(self) -> None:
+        _check_str("metrics.listen", self.listen)
+        if self.listen:
+            try:
+                _parse_tcp(self.listen)
+            except ValueError:
+                raise _fail(
+                    "metrics.listen", '"" (off) or "host:port" (e.g. "127.0.0.1:9464")', self.listen
+                ) from None
+
+    def address(self) -> tuple[str, int] | None:
+        """``listen`` as ``(host, port)``, or None when metrics are off."""
+        return _parse_tcp(self.listen) if self.listen else None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration: one frozen dataclass per section."""
 
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     spawn: SpawnConfig = field(default_factory=SpawnConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def with_server(self, **changes: Any) -> Config:
         """A copy with ``[server]`` keys changed (command-line overrides such as
@@ -328,6 +360,7 @@ _SECTIONS: Final[Mapping[str, type[Any]]] = {
     "server": ServerConfig,
     "limits": LimitsConfig,
     "spawn": SpawnConfig,
+    "metrics": MetricsConfig,
 }
 
 

@@ -15,7 +15,8 @@ Erlang's ``nosuspend``), and resumes when the loop has drained it below
 lock-step wakeups).
 
 Who writes what, without a lock shared with the loop thread:
-  * ``_submitted`` (bytes): clients only, under ``_send_lock`` (clients only);
+  * ``_submitted`` (bytes): clients only, in ``_queue_write`` (under ``_send_lock``;
+    the native core's is one C call under the GIL);
   * ``_processed`` (bytes handed to the transport) and ``_transport_busy``:
     the loop thread only;
   * ``_writers``: parked writers' handles; a writer appends itself, then
@@ -40,7 +41,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
-from .channel import NO_ONE, Channel, Closing
+from ._core import native
+from .channel import NO_ONE, Channel, ChannelClosed, Closing
 from .sched import (
     AsyncTaskLike,
     AsyncWakeup,
@@ -55,7 +57,14 @@ from .wakeup import ServerStopped
 if TYPE_CHECKING:
     from .messages import Message
 
-__all__ = ["DEFAULT_HIGH_WATER", "DEFAULT_INBOX_CAPACITY", "Port", "PortClosed"]
+__all__ = [
+    "DEFAULT_HIGH_WATER",
+    "DEFAULT_INBOX_CAPACITY",
+    "Port",
+    "PortClosed",
+    "describe",
+    "encode_for_send",
+]
 
 #: Messages a port's own inbox holds before the port stops reading (and the
 #: peer feels TCP backpressure). Reading resumes below half of it.
@@ -148,7 +157,12 @@ class Port(Closing):
         self.info_extra: dict[str, Any] = {}
 
     def __repr__(self) -> str:
-        return f"<Port {self.id} {self.kind}{' closed' if self._closed else ''}>"
+        """``<Port 3 tcp 127.0.0.1:5000 -> 127.0.0.1:41822>``: id, kind, then what
+        the port is on (addresses, path, pid...), and `` closed`` once closed."""
+        return f"<Port {self.id} {self.kind}{describe(self.info_extra)}{self._closed_text()}>"
+
+    def _closed_text(self) -> str:
+        return " closed" if self._closed else ""
 
     def __del__(self) -> None:
         """Collected unclosed: nobody can receive our messages any more (the loop
@@ -184,17 +198,30 @@ class Port(Closing):
         """The channel this port delivers into (its own, or the shared one given)."""
         return self._inbox
 
+    # ChannelClosed names the port, as select does: the inbox is an implementation
+    # detail the user never touched (try costs nothing until it raises).
+
     def recv(self, timeout: float | None = None) -> Message:
-        """Receive the next message from the inbox (see ``Channel.recv``)."""
-        return self._inbox.recv(timeout)  # type: ignore[no-any-return]
+        """Receive the next message from the inbox (see ``Channel.recv``); raises
+        ChannelClosed (naming this port) once the inbox is closed and drained."""
+        try:
+            return self._inbox.recv(timeout)  # type: ignore[no-any-return]
+        except ChannelClosed:
+            raise ChannelClosed(self) from None
 
     def try_recv(self) -> Message:
         """Receive without blocking (see ``Channel.try_recv``)."""
-        return self._inbox.try_recv()  # type: ignore[no-any-return]
+        try:
+            return self._inbox.try_recv()  # type: ignore[no-any-return]
+        except ChannelClosed:
+            raise ChannelClosed(self) from None
 
     async def arecv(self, timeout: float | None = None) -> Message:
         """Receive from a coroutine (see ``Channel.arecv``)."""
-        return await self._inbox.arecv(timeout)  # type: ignore[no-any-return]
+        try:
+            return await self._inbox.arecv(timeout)  # type: ignore[no-any-return]
+        except ChannelClosed:
+            raise ChannelClosed(self) from None
 
     def __iter__(self) -> Iterator[Message]:
         """Messages until the inbox is closed; a port's own inbox closes after ``Closed``."""
@@ -235,10 +262,13 @@ class Port(Closing):
         return self._closed
 
     def send(self, data: Any, *, timeout: float | None = None, nowait: bool = False) -> bool:
-        """Write ``data`` (bytes, or a frame for the port's ``packet`` mode).
+        """Write ``data``: bytes-like (bytes, bytearray, memoryview); with
+        ``packet="msgpack"`` any object msgpack encodes; on a UDP port also a
+        ``(data, addr)`` tuple. Anything else raises TypeError at once, naming
+        what the port takes; a refused send changes nothing.
 
         Fire-and-forget: it returns once the write is queued for the loop;
-        failures arrive later as ``Error`` then ``Closed``. While the port is
+        I/O failures arrive later as ``Error`` then ``Closed``. While the port is
         busy it blocks (TimeoutError after ``timeout``; nothing was sent), or
         with ``nowait=True`` returns False at once. Returns True when queued.
         Raises PortClosed on a closed port and ServerStopped after the server
@@ -246,27 +276,71 @@ class Port(Closing):
         """
         if self._closed:
             raise PortClosed(f"{self!r} is closed")
+        write: Callable[[Any, int], None]
+        if type(data) is bytes:  # the fast path; anything else is checked here, now
+            n = len(data)
+            write = self._write_on_loop
+        else:
+            write, data, n = self._check_send(data)
         if self._transport_busy or self._submitted - self._processed > self.high_water:
             if nowait:
                 return False
             self._wait_not_busy(timeout)
-        n = len(data[0]) if type(data) is tuple else len(data)  # UDP: (data, addr)
-        with self._send_lock:
-            self._submitted += n
-            self._wakeup.submit(self._write_on_loop, data, n)
+        self._queue_write(write, data, n)
         return True
 
     async def asend(self, data: Any, *, timeout: float | None = None) -> bool:
         """``send`` for coroutines: waits (without blocking the loop) while busy."""
         if self._closed:
             raise PortClosed(f"{self!r} is closed")
+        write: Callable[[Any, int], None]
+        if type(data) is bytes:
+            n = len(data)
+            write = self._write_on_loop
+        else:
+            write, data, n = self._check_send(data)
         if self.busy:
             await self._await_not_busy(timeout)
-        n = len(data[0]) if type(data) is tuple else len(data)  # UDP: (data, addr)
+        self._queue_write(write, data, n)
+        return True
+
+    def _queue_write(self, write: Callable[[Any, int], None], data: Any, n: int) -> None:
+        """Count ``n`` bytes as submitted and queue ``write(data, n)`` for the loop:
+        one step for every sender of this port (the native core's is one C call
+        under the GIL, without the lock)."""
         with self._send_lock:
             self._submitted += n
-            self._wakeup.submit(self._write_on_loop, data, n)
-        return True
+            self._wakeup.submit(write, data, n)
+
+    def _check_send(self, data: Any) -> tuple[Callable[[Any, int], None], Any, int]:
+        """``send``'s slow path, on the caller's thread: check ``data`` against
+        what the port's ``packet`` mode accepts, so a wrong type raises TypeError
+        here, before anything is counted or queued (rather than killing the port
+        later on the loop). Returns the loop-side write, what it writes, and the
+        byte count for the busy accounting.
+
+        A ``packet="msgpack"`` port's object is encoded here (the encoder is
+        stateless): an object msgpack can't pack raises now, an oversized one
+        raises FrameError now, and the loop writes the bytes as they are."""
+        driver = self._driver
+        packet = getattr(driver, "packet", None)
+        if packet == "msgpack":
+            payload = encode_for_send(self, driver.encoder.encode, data)
+            return self._write_encoded_on_loop, payload, len(payload)
+        if isinstance(data, _BYTES_LIKE):
+            return self._write_on_loop, data, _nbytes(data)
+        if self.kind == "udp":
+            if type(data) is tuple and len(data) == 2 and isinstance(data[0], _BYTES_LIKE):
+                return self._write_on_loop, data, _nbytes(data[0])
+            accepts = "bytes-like data (bytes, bytearray, memoryview) or a (data, addr) tuple"
+        else:
+            accepts = "bytes-like data (bytes, bytearray, memoryview)"
+        got = type(data).__name__
+        if self.kind == "udp" and type(data) is tuple and len(data) == 2:
+            got = f"a ({type(data[0]).__name__}, addr) tuple"
+            data = data[0]
+        hint = "; encode a str first (text.encode())" if isinstance(data, str) else ""
+        raise TypeError(f"send on {self!r} (packet={packet!r}) takes {accepts}, not {got}{hint}")
 
     def _wait_not_busy(self, timeout: float | None) -> None:
         from time import monotonic
@@ -344,6 +418,15 @@ class Port(Closing):
         driver = self._driver
         if driver is not None:
             driver.write(data)
+        self._processed += n
+        if self._writers:
+            self._wake_writers()
+
+    def _write_encoded_on_loop(self, payload: bytes, n: int) -> None:
+        """Loop thread: write bytes ``_check_send`` already encoded for the port's mode."""
+        driver = self._driver
+        if driver is not None:
+            driver.write_encoded(payload)
         self._processed += n
         if self._writers:
             self._wake_writers()
@@ -462,6 +545,54 @@ class Port(Closing):
             method(*args)
 
 
+def describe(extra: dict[str, Any]) -> str:
+    """What a port is on, for its repr, from its ``info_extra``: `` local -> peer``
+    for a connection, `` local`` for a listener or UDP port, the path of a file,
+    ``pid=``, ``fd=``, ``every=``; "" while not (or never) known."""
+    where = _show_address(extra.get("address")) or str(extra.get("path") or "")
+    peer = _show_address(extra.get("peer"))
+    if peer:
+        where = f"{where} -> {peer}" if where else f"-> {peer}"
+    for key in ("pid", "fd"):
+        if extra.get(key) is not None:
+            where = f"{where} {key}={extra[key]}".strip()
+    if extra.get("period") is not None:
+        where = f"every={extra['period']}s"
+    return f" {where}" if where else ""
+
+
+def _show_address(address: Any) -> str:
+    """``host:port`` (``[v6]:port``) for an IP address, the path for a Unix one."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = str(address[0])
+        return f"[{host}]:{address[1]}" if ":" in host else f"{host}:{address[1]}"
+    if isinstance(address, str | bytes) and address:
+        return address if isinstance(address, str) else address.decode(errors="replace")
+    return ""
+
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def encode_for_send(port: Port, encode: Callable[[Any], bytes], data: Any) -> bytes:
+    """``encode(data)`` for a send on a ``packet="msgpack"`` port, msgpack's
+    TypeError (an object it has no encoding for) reworded to name the port and
+    what it takes."""
+    try:
+        return encode(data)
+    except TypeError as exc:
+        raise TypeError(
+            f"send on {port!r} (packet='msgpack') takes an object msgpack can encode "
+            f"(None, bool, int, float, str, bytes, list, tuple, dict), "
+            f"not {type(data).__name__}: {exc}"
+        ) from None
+
+
+def _nbytes(data: bytes | bytearray | memoryview) -> int:
+    """The size in bytes of a bytes-like object (a memoryview's len counts items)."""
+    return data.nbytes if type(data) is memoryview else len(data)
+
+
 _anchor_lock = threading.Lock()
 
 
@@ -492,6 +623,16 @@ def _check_active(active: bool | int | str) -> None:
     raise ValueError(
         f"active must be True, False, 'once' or an int in -32768..32767, not {active!r}"
     )
+
+
+# The native core's send path (csrc/port.c): send's common case (bytes, an open port
+# that is not busy) and _queue_write in C; the Python send above stays the reference
+# and runs every other case, as _py_send.
+if native is not None:
+    Port._py_send = Port.send  # type: ignore[attr-defined]
+    _native_send = native.setup_port(Port)
+    Port.send = _native_send["send"]  # type: ignore[method-assign]
+    Port._queue_write = _native_send["_queue_write"]  # type: ignore[method-assign]
 
 
 # -- a busy port's writers of any task kind (greenlets, trio tasks, plug-ins) ---------

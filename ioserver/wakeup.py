@@ -129,6 +129,10 @@ class PyWakeup:
     def __init__(
         self, *, max_batch: int = DEFAULT_MAX_BATCH, quantum: float = DEFAULT_QUANTUM
     ) -> None:
+        if max_batch < 1 or not quantum >= 0:
+            raise ValueError(
+                f"RequestQueue: max_batch must be >= 1 (got {max_batch}) and quantum a number >= 0"
+            )
         self._queue: deque[Request] = deque()
         # Held while a drain is pending (pipe byte in flight or call_soon'd).
         self._pending = allocate_lock()

@@ -246,8 +246,10 @@ def test_a_wheel_carries_the_one_version_and_the_command(tmp_path: Path) -> None
     assert f"\nVersion: {ioserver.__version__}\n" in metadata
     assert wheel.name.startswith(f"ioserver-{ioserver.__version__}-")
     assert "ioserver = ioserver.cli:main" in entry_points
-    for module in ("ioserver/cli.py", "ioserver/protocol/__init__.py", "client/__init__.py"):
+    for module in ("ioserver/cli.py", "ioserver/protocol/__init__.py", "ioserver_client/remote.py"):
         assert module in files, module
+    # client/ installs namespaced: no top-level "client" package in the wheel.
+    assert not [name for name in files if name.startswith("client/")]
 
 
 def test_the_changelog_has_the_released_version_and_wire_protocol_sections() -> None:

@@ -37,9 +37,9 @@ def test_readme_example_runs(index: int, tmp_path: Path) -> None:
 
 @contextlib.contextmanager
 def daemon_if_needed(code: str, env: dict[str, str], tmp_path: Path) -> Iterator[None]:
-    """Examples that use ``client`` expect a daemon on the default socket: start one
+    """Examples that use ``ioserver_client`` expect a daemon on the default socket: start one
     the way ``scripts/serve`` does (same config), with the default socket in tmp_path."""
-    if "client.connect" not in code:
+    if "ioserver_client.connect" not in code:
         yield
         return
     config = README.parent / "config" / "ioserver.toml"

@@ -168,8 +168,8 @@ post_run(Post *p)
     if (p->wake.n == 0 && p->trash.n == 0 && p->watchers == NULL) {
         return;
     }
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
+    ioserver_SavedError saved;
+    ioserver_err_save(&saved);
     int interrupted = 0;
     for (Py_ssize_t i = 0; i < p->wake.n; i++) {
         /* The handle is claimed and holds its payload: its unpark must run,
@@ -219,7 +219,7 @@ post_run(Post *p)
     }
     objlist_init(&p->wake);
     objlist_init(&p->trash);
-    PyErr_Restore(et, ev, tb);
+    ioserver_err_restore(&saved);
     if (interrupted) {
         PyErr_SetInterrupt();
     }
@@ -2071,12 +2071,11 @@ channel_len(Channel *ch)
 static PyObject *
 channel_repr(Channel *ch)
 {
-    const char *kind;
+    /* "<Channel unbounded buffered=0>": the public name, whatever the flavour;
+       a subclass (the daemon's sink...) shows its own name. */
+    const char *kind = "Channel";
     PyObject *name = NULL;
-    if (is_exact(ch)) {
-        kind = ch->kind == UNBOUNDED ? "Unbounded" : ch->kind == BOUNDED ? "Bounded" : "Rendezvous";
-    }
-    else {
+    if (!is_exact(ch)) {
         name = PyType_GetQualName(Py_TYPE(ch));
         if (name == NULL) {
             return NULL;
@@ -2086,18 +2085,18 @@ channel_repr(Channel *ch)
             Py_DECREF(name);
             return NULL;
         }
-        while (*kind == '_') {
-            kind++;
-        }
     }
+    const char *closed = ch->closed ? " closed" : "";
     PyObject *r;
     if (ch->capacity < 0) {
-        r = PyUnicode_FromFormat("<%s Channel unbounded buffered=%zd%s>", kind, ch->rlen,
-                                 ch->closed ? " closed" : "");
+        r = PyUnicode_FromFormat("<%s unbounded buffered=%zd%s>", kind, ch->rlen, closed);
+    }
+    else if (ch->capacity == 0) {
+        r = PyUnicode_FromFormat("<%s rendezvous%s>", kind, closed);
     }
     else {
-        r = PyUnicode_FromFormat("<%s Channel capacity=%zd buffered=%zd%s>", kind, ch->capacity,
-                                 ch->rlen, ch->closed ? " closed" : "");
+        r = PyUnicode_FromFormat("<%s capacity=%zd buffered=%zd%s>", kind, ch->capacity,
+                                 ch->rlen, closed);
     }
     Py_XDECREF(name);
     return r;

@@ -16,7 +16,9 @@ native_exec(PyObject *module)
     }
     loaded = 1;
     if (ioserver_init_sched(module) < 0 || ioserver_init_channel(module) < 0
-        || ioserver_init_select(module) < 0 || ioserver_init_queue(module) < 0) {
+        || ioserver_init_select(module) < 0 || ioserver_init_queue(module) < 0
+        || ioserver_init_messages(module) < 0 || ioserver_init_deliver(module) < 0
+        || ioserver_init_port(module) < 0) {
         return -1;
     }
     return 0;
@@ -37,8 +39,9 @@ static PyModuleDef_Slot native_slots[] = {
 static struct PyModuleDef native_module = {
     PyModuleDef_HEAD_INIT,
     .m_name = "ioserver._native",
-    .m_doc = "The native core of ioserver: the hot paths of sched, channel, select and "
-             "the request queue, behind the same contract as the pure-Python modules.",
+    .m_doc = "The native core of ioserver: the hot paths of sched, channel, select, "
+             "the request queue and the messages' constructors, behind the same "
+             "contract as the pure-Python modules.",
     .m_size = 0,
     .m_slots = native_slots,
 };

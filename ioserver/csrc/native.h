@@ -24,6 +24,15 @@ int ioserver_init_sched(PyObject *module);
 int ioserver_init_channel(PyObject *module);
 int ioserver_init_select(PyObject *module);
 int ioserver_init_queue(PyObject *module);
+int ioserver_init_messages(PyObject *module);
+int ioserver_init_deliver(PyObject *module);
+int ioserver_init_port(PyObject *module);
+/* The request queue (csrc/queue.c): whether o is one; submit argv[0](*argv[1:])
+ * (0, or -1 with an exception: ServerStopped once closed). */
+int ioserver_is_request_queue(PyObject *o);
+int ioserver_queue_submit(PyObject *queue, PyObject *const *argv, Py_ssize_t nargs);
+/* The offset of cls's object slot `name` (csrc/messages.c), or -1 with an exception. */
+Py_ssize_t ioserver_slot_offset(PyTypeObject *cls, PyObject *name);
 
 /* ---- sched.c: wakeup handles ------------------------------------------------
  *
@@ -151,5 +160,35 @@ void ioserver_channel_abandon(PyObject *ch, PyObject *mark);
 /* The marks (borrowed; set by channel.py's _setup). */
 PyObject *ioserver_mark(int which);
 enum { IOSERVER_RETRY, IOSERVER_SENT, IOSERVER_CLOSED };
+
+/* The exception in flight, set aside while other calls run and put back after
+ * (PyErr_Fetch/PyErr_Restore are deprecated from 3.12: -Werror must build there). */
+typedef struct {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc;
+#else
+    PyObject *type, *value, *tb;
+#endif
+} ioserver_SavedError;
+
+static inline void
+ioserver_err_save(ioserver_SavedError *saved)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    saved->exc = PyErr_GetRaisedException();
+#else
+    PyErr_Fetch(&saved->type, &saved->value, &saved->tb);
+#endif
+}
+
+static inline void
+ioserver_err_restore(ioserver_SavedError *saved)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyErr_SetRaisedException(saved->exc);
+#else
+    PyErr_Restore(saved->type, saved->value, saved->tb);
+#endif
+}
 
 #endif

@@ -703,6 +703,12 @@ RequestQueue_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                                      &quantum)) {
         return NULL;
     }
+    if (max_batch < 1 || !(quantum >= 0.0)) {
+        PyErr_Format(PyExc_ValueError,
+                     "RequestQueue: max_batch must be >= 1 (got %zd) and quantum a number >= 0",
+                     max_batch);
+        return NULL;
+    }
     RequestQueue *self = (RequestQueue *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
@@ -901,6 +907,20 @@ static PyType_Spec RequestQueue_spec = {
     .slots = RequestQueue_slots,
 };
 
+static PyTypeObject *RequestQueueType;  /* owned by the module, and here */
+
+int
+ioserver_is_request_queue(PyObject *o)
+{
+    return RequestQueueType != NULL && PyObject_TypeCheck(o, RequestQueueType);
+}
+
+int
+ioserver_queue_submit(PyObject *queue, PyObject *const *argv, Py_ssize_t nargs)
+{
+    return enqueue((RequestQueue *)queue, argv, nargs, NULL, 0, 0.0);
+}
+
 int
 ioserver_init_queue(PyObject *module)
 {
@@ -909,6 +929,10 @@ ioserver_init_queue(PyObject *module)
         return -1;
     }
     int rc = PyModule_AddObjectRef(module, "RequestQueue", type);
-    Py_DECREF(type);
-    return rc;
+    if (rc < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    RequestQueueType = (PyTypeObject *)type;  /* kept: the module lives as long */
+    return 0;
 }

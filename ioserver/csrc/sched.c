@@ -62,7 +62,7 @@ parklock_capsule_free(PyObject *capsule)
     }
     /* The thread is gone (or its state is being cleared): forget the cache. */
     if (PyThread_tss_get(&park_key) == pl) {
-        PyThread_tss_set(&park_key, NULL);
+        (void)PyThread_tss_set(&park_key, NULL);  /* only ever fails to allocate */
     }
     PyObject *cached = pl->cached;  /* its handle holds a ref on pl: drop it first */
     pl->cached = NULL;
@@ -90,7 +90,7 @@ parklock_get(void)
         if (pl == NULL) {
             return NULL;
         }
-        PyThread_tss_set(&park_key, pl);
+        (void)PyThread_tss_set(&park_key, pl);  /* failed: the dict lookup next time */
         return pl;
     }
     if (PyErr_Occurred()) {
@@ -122,7 +122,7 @@ parklock_get(void)
     if (rc < 0) {
         return NULL;
     }
-    PyThread_tss_set(&park_key, pl);
+    (void)PyThread_tss_set(&park_key, pl);  /* failed: the dict lookup next time */
     return pl;
 }
 

@@ -70,6 +70,27 @@ pair(PyObject *src, PyObject *second)  /* steals second */
     return result;
 }
 
+/* (src, msg) for a message just received from src (steals msg). Out of memory,
+ * the message goes back to the head of src, so nothing is lost, and NULL. */
+static PyObject *
+received(PyObject *src, PyObject *msg)
+{
+    PyObject *result = PyTuple_New(2);
+    if (result == NULL) {
+        ioserver_SavedError saved;
+        ioserver_err_save(&saved);
+        if (ioserver_channel_unrecv(src, msg) < 0) {
+            PyErr_WriteUnraisable(src);  /* no memory even for that: say so */
+        }
+        ioserver_err_restore(&saved);
+        Py_DECREF(msg);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, Py_NewRef(src));
+    PyTuple_SET_ITEM(result, 1, msg);
+    return result;
+}
+
 static void
 raise_closed(PyObject *src, PyObject *value)
 {
@@ -100,7 +121,7 @@ poll_once(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t start)
         PyObject *src = op_source(args, i, &value);
         int r = ioserver_channel_poll(src, value, &out);
         if (r == 1) {
-            return pair(src, value == NULL ? out : Py_NewRef(Py_None));
+            return value == NULL ? received(src, out) : pair(src, Py_NewRef(Py_None));
         }
         if (r == -1) {
             raise_closed(src, value);
@@ -254,7 +275,7 @@ native_select(PyObject *module, PyObject *const *args, Py_ssize_t nargsf, PyObje
         }
         if (value == NULL) {
             ioserver_channel_release_slot(src);
-            return pair(src, mark);
+            return received(src, mark);
         }
         if (mark == SENT) {
             Py_DECREF(mark);

@@ -6,26 +6,32 @@ is an error) and optionally on TCP (only with a token, or ``insecure = true``),
 then waits in the main thread for SIGINT/SIGTERM. On a signal it stops
 accepting, tells every client (a ``shutdown`` notification), closes every port
 and exits 0. The daemon is the one place that installs signal handlers: the
-embedded server never does.
+embedded server never does. SIGHUP reloads the configuration (``reload.py``);
+``[metrics] listen`` serves Prometheus metrics (``metrics.py``); the log's
+format and its rate-limited lines are ``logs.py``'s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
 import os
+import re
 import signal
 import socket
 import stat
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..config import Config
 from ..server import IOServer
+from . import logs
+from .counters import Counters
+from .metrics import MetricsError, MetricsServer
+from .reload import ConfigSource, Reloader
 from .session import Session
 
 __all__ = ["Daemon", "StartError"]
@@ -35,6 +41,9 @@ log = logging.getLogger("ioserver.daemon")
 #: Authentication failures logged per window (seconds); the rest are counted.
 AUTH_LOG_BURST = 10
 AUTH_LOG_WINDOW = 60.0
+#: Limits hit logged per window (seconds); the rest are counted.
+LIMIT_LOG_BURST = 10
+LIMIT_LOG_WINDOW = 60.0
 
 
 def _peer(peer: Any) -> str:
@@ -51,7 +60,9 @@ class StartError(RuntimeError):
 class Daemon:
     """Listeners and sessions around one IOServer."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, source: ConfigSource | None = None) -> None:
+        """``source``: where ``config`` was read from, to read again on SIGHUP (None:
+        a reload is refused)."""
         self.config = config
         slow = config.server.slow_callback_ms
         self.io = IOServer(
@@ -66,9 +77,15 @@ class Daemon:
         # from limits.sessions, so they can't lock the owner's Unix sessions out.
         self.unauthenticated: set[Session] = set()
         self.sessions_total = 0
-        self._auth_log_window = float("-inf")  # auth_failed's rate limit
-        self._auth_logged = 0
-        self._auth_suppressed = 0
+        self.counters = Counters()  # loop thread only; what /metrics adds to stats
+        self._auth_log = logs.RateLimitedLog(
+            log, logging.WARNING, "authentication failures", AUTH_LOG_BURST, AUTH_LOG_WINDOW
+        )
+        self._limit_log = logs.RateLimitedLog(
+            log, logging.INFO, "limit hits", LIMIT_LOG_BURST, LIMIT_LOG_WINDOW
+        )
+        self.reloader = Reloader(self, source)
+        self.metrics: MetricsServer | None = None
         self._ids = itertools.count(1)
         self._servers: list[Any] = []
         self.socket_path = config.server.socket_path()
@@ -99,6 +116,8 @@ class Daemon:
             return f"too many sessions: limit sessions={limits.sessions}"
         self.sessions.add(session)
         self.sessions_total += 1
+        opened = self.counters.sessions_opened
+        opened[session.kind] = opened.get(session.kind, 0) + 1
         return None
 
     def authenticate(self, session: Session) -> str | None:
@@ -112,6 +131,8 @@ class Daemon:
         return None
 
     def remove_session(self, session: Session) -> None:
+        if session in self.sessions:  # its totals go on in the counters (once)
+            self.counters.session_closed(session.events, session.bytes_in, session.bytes_out)
         self.sessions.discard(session)
         self.unauthenticated.discard(session)
 
@@ -119,20 +140,38 @@ class Daemon:
         """Log a failed authentication with the peer's address, at warning level:
         at most AUTH_LOG_BURST lines per AUTH_LOG_WINDOW seconds, then a count of
         those not logged (a flood must not flood the log too)."""
-        now = time.monotonic()
-        if now - self._auth_log_window >= AUTH_LOG_WINDOW:
-            if self._auth_suppressed:
-                log.warning(
-                    "ioserver: %d more authentication failures not logged",
-                    self._auth_suppressed,
-                )
-            self._auth_log_window = now
-            self._auth_logged = self._auth_suppressed = 0
-        if self._auth_logged < AUTH_LOG_BURST:
-            self._auth_logged += 1
-            log.warning("ioserver: authentication failed from %s: %s", _peer(peer), why)
-        else:
-            self._auth_suppressed += 1
+        self.counters.auth_failures += 1
+        self._auth_log(
+            "ioserver: authentication failed from %s: %s",
+            _peer(peer),
+            why,
+            extra=logs.fields("auth_failed", peer=_peer(peer), reason=why),
+        )
+
+    def limit_hit(self, session: Session, why: str) -> None:
+        """Log that ``session`` hit a configured limit (``why`` names it), at info
+        level, at most LIMIT_LOG_BURST lines per LIMIT_LOG_WINDOW seconds."""
+        named = re.search(r"limit (\w+)=", why)
+        self._limit_log(
+            "ioserver: limit hit by session %d (%s%s): %s",
+            session.id,
+            session.kind,
+            f" from {_peer(session.peer)}" if session.kind == "tcp" else "",
+            why,
+            extra=logs.fields(
+                "limit_hit",
+                session=session.id,
+                kind=session.kind,
+                peer=_peer(session.peer) if session.kind == "tcp" else None,
+                limit=named[1] if named else None,
+                reason=why,
+            ),
+        )
+
+    def reload(self, reason: str) -> asyncio.Future[dict[str, Any]]:
+        """Reload the configuration (loop thread): ``{"changed", "restart_needed"}``,
+        or ConfigError for a bad file (logged; the running configuration stays)."""
+        return self.reloader.submit(reason)
 
     def stats_on_loop(self) -> dict[str, Any]:
         """The ``stats`` method's answer: the loop's counters plus sessions and ports."""
@@ -167,6 +206,13 @@ class Daemon:
         except OSError as exc:
             self.io.stop()
             raise StartError(f"cannot listen: {exc}") from exc
+        metrics = self.config.metrics.address()
+        if metrics is not None:
+            try:
+                self.metrics = MetricsServer(self, *metrics)
+            except MetricsError as exc:
+                self.stop()
+                raise StartError(str(exc)) from exc
 
     def addresses(self) -> list[str]:
         """Where the daemon listens, as ``ioserver ping`` takes them: the socket path,
@@ -227,9 +273,11 @@ class Daemon:
         self.install_signal_handlers()
         self.start()
         # Once, every address: what a user pastes into ``ioserver ping``.
-        print(
-            f"ioserver: listening on {' and '.join(self.addresses())}", file=sys.stderr, flush=True
+        logs.announce(
+            f"ioserver: listening on {' and '.join(self.addresses())}", addresses=self.addresses()
         )
+        if self.metrics is not None:
+            logs.announce(f"ioserver: metrics on {self.metrics.url}", metrics=self.metrics.url)
         try:
             while not self._stop.wait(0.5):
                 if not self.io.running:
@@ -240,20 +288,32 @@ class Daemon:
         return 0
 
     def install_signal_handlers(self) -> None:
-        """SIGINT and SIGTERM end ``run()`` cleanly (main thread only)."""
+        """SIGINT and SIGTERM end ``run()`` cleanly; SIGHUP reloads the configuration
+        (main thread only)."""
 
         def handler(signum: int, frame: object) -> None:
             log.info("ioserver: %s received, stopping", signal.Signals(signum).name)
             self._stop.set()
 
+        def hangup(signum: int, frame: object) -> None:
+            # Only schedule: the reload runs on the loop (see reload.py).
+            try:
+                self.io.loop.call_soon_threadsafe(self.reloader.start, "SIGHUP")
+            except RuntimeError:  # not started yet, or stopping: nothing to reload
+                log.info("ioserver: SIGHUP received while not serving: ignored")
+
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGHUP, hangup)
 
     def request_stop(self) -> None:
         self._stop.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Tell clients, close sessions and ports, stop the I/O thread, remove the socket."""
+        if self.metrics is not None:  # first: no scrape waits for a stopping loop
+            self.metrics.close(timeout)
+            self.metrics = None
         if self.io.running:
             with contextlib.suppress(Exception):
                 self.io.call(self._stop_on_loop, timeout=timeout)

@@ -51,6 +51,12 @@ Over TCP a session must complete ``hello`` within ``limits.hello_timeout``
 and, until it has, counts against ``limits.unauthenticated`` rather than
 ``sessions`` (the Daemon keeps both counts), and may send messages of at most
 PRE_AUTH_MESSAGE_BYTES; authentication failures are logged (rate-limited).
+
+Every request is counted by method and every error sent (a response or an
+``error`` event) by code, in the daemon's cumulative counters (``counters.py``,
+exported by ``metrics.py``); an error with code LIMIT is also logged, at info
+level and rate-limited, as a limit hit. ``reload`` (the Unix socket only) asks
+the daemon to re-read its configuration, as SIGHUP does (``reload.py``).
 """
 
 from __future__ import annotations
@@ -65,10 +71,12 @@ from typing import Any, Protocol
 
 from .. import __version__, protocol
 from ..channel import Channel, ChannelClosed, Full
-from ..config import Config
+from ..config import Config, ConfigError
 from ..messages import Accepted, Error, Message
 from ..port import DEFAULT_HIGH_WATER, Port, PortClosed
 from ..server import IOServer
+from . import logs
+from .counters import Counters
 
 __all__ = ["DaemonServices", "Session", "SessionSink"]
 
@@ -129,6 +137,19 @@ class DaemonServices(Protocol):
 
     def auth_failed(self, peer: Any, why: str) -> None:
         """Log a failed authentication (rate-limited)."""
+        ...
+
+    @property
+    def counters(self) -> Counters:
+        """The daemon's cumulative counters (requests by method, errors by code...)."""
+        ...
+
+    def limit_hit(self, session: Session, why: str) -> None:
+        """Log that ``session`` hit a configured limit (rate-limited)."""
+        ...
+
+    def reload(self, reason: str) -> asyncio.Future[dict[str, Any]]:
+        """Reload the configuration: what changed, or ConfigError (the old one stays)."""
         ...
 
     def stats_on_loop(self) -> dict[str, Any]:
@@ -258,7 +279,13 @@ class Session(asyncio.Protocol):
             transport.close()
             self.closed = True
             return
-        log.debug("ioserver: session %d opened (%s%s)", self.id, self.kind, _from(self.peer))
+        log.debug(
+            "ioserver: session %d opened (%s%s)",
+            self.id,
+            self.kind,
+            _from(self.peer),
+            extra=logs.fields("session_opened", session=self.id, kind=self.kind, peer=_peer(self)),
+        )
         if not self.authenticated:
             self.conn.max_message_bytes = min(limits.max_message_bytes, PRE_AUTH_MESSAGE_BYTES)
             self.hello_timer = self.io.loop.call_later(limits.hello_timeout, self._hello_expired)
@@ -358,6 +385,8 @@ class Session(asyncio.Protocol):
 
     def notify(self, name: str, params: list[Any]) -> None:
         """Queue a notification; the buffer is written once per loop iteration."""
+        if name == "error" and len(params) > 1:
+            self._error_sent(params[1])
         self.out += self.conn.notification(name, params)
         self._schedule_flush()
 
@@ -366,8 +395,18 @@ class Session(asyncio.Protocol):
         self._schedule_flush()
 
     def reply_error(self, msgid: int, code: int, message: str, details: Any = None) -> None:
-        self.out += self.conn.response(msgid, protocol.error_value(code, message, details), None)
+        error = protocol.error_value(code, message, details)
+        self._error_sent(error)
+        self.out += self.conn.response(msgid, error, None)
         self._schedule_flush()
+
+    def _error_sent(self, error: Any) -> None:
+        """An error (response or event) goes to the client: count it by code; a limit
+        hit is also logged (the daemon rate-limits those lines)."""
+        code = error[0] if isinstance(error, list) and error else None
+        self.daemon.counters.error(code)
+        if code == protocol.LIMIT:
+            self.daemon.limit_hit(self, str(error[1]) if len(error) > 1 else "")
 
     def _schedule_flush(self) -> None:
         if len(self.out) >= self.flush_now:
@@ -488,6 +527,17 @@ class Session(asyncio.Protocol):
             _from(self.peer),
             self.requests,
             len(self.ports),
+            extra=logs.fields(
+                "session_closed",
+                session=self.id,
+                kind=self.kind,
+                peer=_peer(self),
+                requests=self.requests,
+                events=self.events,
+                bytes_in=self.bytes_in,
+                bytes_out=self.bytes_out,
+                ports_open=len(self.ports),
+            ),
         )
         if self.hello_timer is not None:
             self.hello_timer.cancel()
@@ -549,6 +599,7 @@ class Session(asyncio.Protocol):
         self._write_batched()  # a request (close, setopts...) comes after earlier sends
         self.requests += 1
         msgid, method, params = event.msgid, event.method, event.params
+        self.daemon.counters.request(method)
         if not self.authenticated and method != "hello":
             self.reply_error(
                 msgid, protocol.NOT_ALLOWED, "authenticate first: call hello(version, token)"
@@ -690,6 +741,31 @@ class Session(asyncio.Protocol):
         # The asking session, so that a tool (ioserver stats/top) can leave itself out.
         stats["session_id"] = self.id
         self.reply(msgid, stats)
+
+    def rpc_reload(self, msgid: int) -> None:
+        """Reload the daemon's configuration (the owner only: the Unix socket)."""
+        if self.kind != "unix":
+            raise NotAllowed(
+                "reload is for the daemon's owner: send it over the Unix socket "
+                "(ioserver reload) or send the daemon SIGHUP"
+            )
+
+        def done(task: asyncio.Future[dict[str, Any]]) -> None:
+            if task.cancelled():
+                self.reply_error(msgid, protocol.SERVER_ERROR, "reload cancelled (stopping)")
+            elif isinstance(exc := task.exception(), ConfigError):
+                self.reply_error(
+                    msgid,
+                    protocol.SERVER_ERROR,
+                    f"bad configuration: {exc} (reload refused: the running configuration stays)",
+                    {"type": "ConfigError"},
+                )
+            elif exc is not None:
+                self.reply_error(msgid, protocol.SERVER_ERROR, repr(exc))
+            else:
+                self.reply(msgid, task.result())
+
+        self.daemon.reload(f"reload request from session {self.id}").add_done_callback(done)
 
     def rpc_close(self, msgid: int, port_id: Any) -> None:
         port = self.port(port_id)
@@ -913,6 +989,14 @@ def _from(peer: Any) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f" from {peer[0]}:{peer[1]}"
     return ""
+
+
+def _peer(session: Session) -> str | None:
+    """A TCP session's peer as "host:port" (a log field); None for the Unix socket."""
+    peer = session.peer
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return None
 
 
 def _addr(value: Any) -> Any:

@@ -45,12 +45,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from .._core import native
 from ..channel import NO_ONE, Channel, ChannelClosed, Full
 from ..framing import (
     DEFAULT_MAX_DEPTH,
@@ -61,7 +61,7 @@ from ..framing import (
     make_decoder,
     make_encoder,
 )
-from ..messages import Closed, Data, Error, Message, Passive
+from ..messages import Closed, Error, Message, Passive, make_data
 from ..port import _unanchor, anchor
 from ..wakeup import ServerStopped, Wakeup
 
@@ -338,8 +338,12 @@ class Driver:
         if self._raw:
             port = self._port()
             if port is not None:
-                self.deliver(Data(port, data))
+                self.deliver(make_data(port, data))
             return
+        self._feed_frames(data)
+
+    def _feed_frames(self, data: bytes) -> None:
+        """``feed`` for a framing mode: decode, deliver every whole frame."""
         try:
             frames = self.decoder.feed(data)  # type: ignore[union-attr]  # not raw
         except FrameError as exc:
@@ -350,7 +354,7 @@ class Driver:
     def _deliver_frames(self, frames: list[Any]) -> None:
         port = self.port
         for frame in frames:
-            self.deliver(Data(port, frame))
+            self.deliver(make_data(port, frame))
 
     def _fail_framing(self, exc: FrameError) -> None:
         """Deliver the frames decoded before the bad one, then Error + Closed
@@ -599,9 +603,7 @@ class Driver:
         inbox = port._inbox
         if type(inbox).__module__ != Channel.__module__:
             return  # a special inbox (the daemon's sink writes to a shared socket)
-        if inbox._lock.locked():
-            # Held by a thread of the parent at the fork: it will never be released.
-            inbox._lock = threading.Lock()
+        inbox._after_fork()
         inbox._take_matching(lambda m: getattr(m, "port", None) is port)
         try:
             inbox._put_overflow(Closed(port, "forked"))
@@ -618,6 +620,17 @@ class Driver:
             return
         try:
             payload = self.encoder.encode(data)
+            self.bytes_out += len(payload)
+            self._write(payload)
+        except Exception as exc:
+            self.fail(exc)
+
+    def write_encoded(self, payload: bytes) -> None:
+        """Write bytes the Port already encoded for this port's mode (``Port.send``
+        encodes a msgpack object on the caller's thread, to refuse a bad one there)."""
+        if self._closed_queued:
+            return
+        try:
             self.bytes_out += len(payload)
             self._write(payload)
         except Exception as exc:
@@ -686,15 +699,42 @@ class Driver:
         if inbox is old:
             return
         moved = old._take_matching(lambda m: getattr(m, "port", None) is port)
-        for message in reversed(moved):
-            self._hold(message, first=True)
         if port._own_inbox:
             old.close()
         else:
             _unanchor(old, port)
-        anchor(inbox, port)
         port._inbox = inbox
-        inbox._fed_by_loop = True
         port._own_inbox = False
+        if self._finished:
+            # The port has ended: its Closed went into the old inbox, and nothing
+            # will follow it. What was still queued there moves over now, past the
+            # capacity if need be (the memory was spent already; no room callback
+            # would ever come for a finished driver).
+            for message in moved:
+                try:
+                    inbox._put_overflow(message)
+                except ChannelClosed:
+                    break
+            return
+        for message in reversed(moved):
+            self._hold(message, first=True)
+        anchor(inbox, port)
+        inbox._fed_by_loop = True
         self._waiting_room = False
         self._flush()
+
+
+# The native core runs the input path (feed, deliver; stream.py's data_received) in C
+# (csrc/deliver.c): the same decisions, made on the Driver's and the Port's slots,
+# calling the methods above for everything but the common case. The Python ones stay
+# the reference (and take over for a port that is not a Port).
+native_input: dict[str, Any] = {}
+if native is not None:
+    from ..port import Port as _Port
+
+    Driver._py_deliver = Driver.deliver  # type: ignore[attr-defined]
+    native_input = native.setup_driver(
+        Driver, _Port, NO_ONE, _CONTROL, make_data, Full, ChannelClosed
+    )
+    Driver.feed = native_input["feed"]  # type: ignore[method-assign]
+    Driver.deliver = native_input["deliver"]  # type: ignore[method-assign]

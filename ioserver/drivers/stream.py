@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import weakref
 from collections.abc import Callable, Coroutine
@@ -21,12 +22,13 @@ from typing import Any
 
 from ..messages import Accepted
 from ..port import Port
-from .base import Driver, DriverHost
+from .base import Driver, DriverHost, native_input
 from .options import PortOptions, take_options
 
 __all__ = ["ACCEPT_BATCH", "ListenerDriver", "StreamDriver", "connect", "listen", "tcp_sockets"]
 
 log = logging.getLogger("ioserver")
+_os_write = os.write
 
 #: Accepted connections on their way to ``Accepted`` at a time (per listener);
 #: also the most a listener accepts past a full inbox.
@@ -40,11 +42,12 @@ OpenFn = Callable[[Callable[[], asyncio.Protocol]], Coroutine[Any, Any, Any]]
 class StreamDriver(Driver, asyncio.Protocol):
     """One connected stream socket."""
 
-    __slots__ = ("kind",)
+    __slots__ = ("_fd", "kind")
 
     def __init__(self, server: DriverHost, port: Port, kind: str, **kwargs: Any) -> None:
         super().__init__(server, port, **kwargs)
         self.kind = kind
+        self._fd = -1
 
     # asyncio.Protocol callbacks (loop thread). Exceptions become Error + Closed.
 
@@ -54,6 +57,8 @@ class StreamDriver(Driver, asyncio.Protocol):
         port.info_extra["address"] = _address(transport.get_extra_info("sockname"))
         port.info_extra["peer"] = _address(transport.get_extra_info("peername"))
         sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            self._fd = sock.fileno()  # direct writes (see _write); never under TLS
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self._reading:
@@ -83,8 +88,28 @@ class StreamDriver(Driver, asyncio.Protocol):
     # Driver hooks.
 
     def _write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        """Write ``data``: straight to the socket with ``os.write`` while the transport
+        holds nothing unsent, else (and for what the socket did not take) through it.
+
+        uvloop's ``transport.write`` makes its ``send`` with the GIL held; ``os.write``
+        releases it, so the threads that feed this port run while the kernel copies.
+        Order is kept: a direct write only happens when the transport's buffer is
+        empty. A closing transport may have closed its fd (whose number can be
+        reused at once), so it only ever gets ``transport.write``.
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        fd = self._fd
+        if fd >= 0 and not transport.get_write_buffer_size() and not transport.is_closing():
+            try:
+                sent = _os_write(fd, data)
+            except OSError:  # EAGAIN, or an error the transport meets and reports too
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
 
     def write_frames(self, frames: list[Any]) -> None:
         """Encode each frame, write them in one transport write (one syscall)."""
@@ -126,6 +151,10 @@ class StreamDriver(Driver, asyncio.Protocol):
         if self.transport is not None:
             info["transport_buffer"] = self.transport.get_write_buffer_size()
         return info
+
+
+if native_input:  # the native core: feed, and fail on an exception, in C (csrc/deliver.c)
+    StreamDriver.data_received = native_input["data_received"]  # type: ignore[method-assign]
 
 
 class ListenerDriver(Driver):

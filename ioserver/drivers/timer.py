@@ -82,7 +82,7 @@ from time import monotonic
 from typing import Any
 
 from ..channel import Channel, ChannelClosed, Full
-from ..messages import Tick
+from ..messages import Tick, make_tick
 from ..port import Port
 from ..wakeup import ServerStopped, Wakeup
 from .base import Driver, DriverHost
@@ -516,7 +516,7 @@ class IntervalDriver(Driver):
             nxt += period
         self.skipped += missed
         self.count += missed + 1
-        self._tick(Tick(self.port, self.count))
+        self._tick(make_tick(self.port, self.count))
         if not entry.cancelled:
             self._heap.push(entry, nxt)
 
@@ -572,6 +572,7 @@ def interval(server: DriverHost, period: float, options: dict[str, Any]) -> Port
             f"interval ports deliver Tick messages: packet must be None, not {opts.packet!r}"
         )
     port = Port(server, "interval", opts.inbox)
+    port.info_extra["period"] = seconds  # known now: the repr need not wait for the loop
     first = monotonic() + seconds
     server._wakeup.submit(_open_interval, server, port, seconds, first, opts.active)
     return port

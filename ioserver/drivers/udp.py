@@ -46,7 +46,7 @@ import asyncio
 import socket
 from typing import Any
 
-from ..messages import Datagram, Error
+from ..messages import Error, make_datagram
 from ..port import Port
 from .base import Driver, DriverHost
 from .options import take_options
@@ -110,7 +110,7 @@ class UDPDriver(Driver, asyncio.DatagramProtocol):
             self.bytes_in += len(data)
             if addr is None:  # some transports omit it on a connected socket
                 addr = self._peer
-            self.deliver(Datagram(self.port, data, _address(addr)))
+            self.deliver(make_datagram(self.port, data, _address(addr)))
         except Exception as exc:
             self.fail(exc)
 

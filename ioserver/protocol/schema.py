@@ -334,6 +334,14 @@ METHODS: Final[Mapping[str, MethodSpec]] = dict(
         _spec("ping", result="'pong'", doc="Liveness check."),
         _spec("stats", result="map", doc="Counters of the server and of this session."),
         _spec(
+            "reload",
+            result="{changed: [str], restart_needed: [str]}",
+            doc="Re-read the daemon's configuration file, as SIGHUP does (the Unix socket "
+            "only). Answers the keys changed and those that need a restart; a bad file "
+            "is error 8 (details.type 'ConfigError') and the running configuration stays.",
+            errors=("NOT_ALLOWED", "SERVER_ERROR"),
+        ),
+        _spec(
             "get_api_info",
             result="{version, methods, notifications, events, error_codes}",
             doc="This table: methods, client notifications, events and error codes.",

@@ -171,7 +171,8 @@ def with_cpu(
 ) -> Callable[[int], RunResult]:
     """Add side metrics to a contender's run: the CPU this process ("bench %core") and,
     if given, the daemon ("daemon %core") used over the whole run (setup included), in %
-    of one core. The bench process also runs the echo / sink server thread."""
+    of one core. The bench process also runs the sink server thread (the echo server is
+    a child process)."""
 
     def wrapped(n: int) -> RunResult:
         own0, w0 = sum(os.times()[:2]), perf_counter()
@@ -473,7 +474,7 @@ def _daemon_workloads(cfg: Config, daemon: DaemonProc) -> list[Row]:
             Contender(
                 "remote.ping()",
                 remote(partial(ping_run, path, timeout=to)),
-                "client.connect(socket).ping()",
+                "ioserver_client.connect(socket).ping()",
             ),
         ]
         rows += measure(cfg, "ping_rt", contenders, n=trips, unit="µs/rt", baseline="io.call(noop)")

@@ -224,8 +224,34 @@ ECHO_HOST = "127.0.0.1"
 ECHO_STALL = 5.0  # seconds without a reply before a client gives up (an error, not a hang)
 
 
+# The echo server runs in a child process: a peer on another host would not share our
+# GIL, and an echo thread in this process would take the GIL from every client design in
+# proportion to how many thread hand-offs it makes, which is what the suite compares.
+# (Before 2026-12-04 it was a thread here; docs/benchmarks.md says which runs used which.)
+ECHO_SCRIPT = r"""
+import asyncio, sys
+try:
+    import uvloop
+    loop = uvloop.new_event_loop()
+except ImportError:
+    loop = asyncio.new_event_loop()
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+    def data_received(self, data):
+        self.transport.write(data)
+
+server = loop.run_until_complete(loop.create_server(Echo, sys.argv[1], 0, backlog=1024))
+print(server.sockets[0].getsockname()[1], flush=True)
+loop.add_reader(sys.stdin.fileno(), loop.stop)  # EOF on stdin: the parent is done
+loop.run_forever()
+"""
+
+
 class EchoServer:
-    """A plain asyncio Protocol echo server on a uvloop loop in its own thread."""
+    """A plain asyncio Protocol echo server on a uvloop loop, in a child process
+    (``in_thread=True``: in a thread of this process, as the suite had it before)."""
 
     class Echo(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -234,20 +260,49 @@ class EchoServer:
         def data_received(self, data: bytes) -> None:
             self.transport.write(data)
 
-    def __init__(self, timeout: float) -> None:
-        self.lt = LoopThread()
+    def __init__(self, timeout: float, in_thread: bool = False) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.lt: LoopThread | None = None
+        if in_thread:
+            lt = self.lt = LoopThread()
 
-        async def start() -> Any:
-            return await asyncio.get_running_loop().create_server(
-                self.Echo, ECHO_HOST, 0, backlog=1024
-            )
+            async def start() -> Any:
+                return await asyncio.get_running_loop().create_server(
+                    self.Echo, ECHO_HOST, 0, backlog=1024
+                )
 
-        self.server = self.lt.call(start(), timeout)
-        self.port: int = self.server.sockets[0].getsockname()[1]
+            self.server = lt.call(start(), timeout)
+            self.port: int = self.server.sockets[0].getsockname()[1]
+            return
+        proc = self.proc = subprocess.Popen(
+            [sys.executable, "-c", ECHO_SCRIPT, ECHO_HOST],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        ready, _, _ = select_fds([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline() if ready else ""
+        if not line:
+            self.stop()
+            raise RuntimeError("the echo server process did not start")
+        self.port = int(line)
 
     def stop(self) -> None:
-        self.lt.loop.call_soon_threadsafe(self.server.close)
-        self.lt.stop()
+        if self.lt is not None:
+            self.lt.loop.call_soon_threadsafe(self.server.close)
+            self.lt.stop()
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                if self.proc.stdin is not None:
+                    self.proc.stdin.close()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
 
 
 def _echo_sockets(port: int, count: int = ECHO_CONNS) -> list[socket.socket]:
@@ -428,7 +483,7 @@ def served(daemon: str | None, timeout: float) -> Iterator[Any]:
         if daemon is None:
             yield io
         else:
-            import client as ioclient
+            import ioserver_client as ioclient
 
             remote = ioclient.connect(daemon, io=io, timeout=timeout)
             try:

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -89,13 +90,18 @@ def config_text(
     server: dict[str, Any] | None = None,
     limits: dict[str, Any] | None = None,
     spawn_allow: Sequence[str] = (),
+    metrics: dict[str, Any] | None = None,
 ) -> str:
-    """The TOML of a daemon config with these keys (the rest default)."""
-    lines = ["[server]", 'log_level = "info"']
-    lines += [f"{k} = {_toml(v)}" for k, v in (server or {}).items()]
+    """The TOML of a daemon config with these keys (the rest default; log_level "info"
+    unless ``server`` sets it)."""
+    server = {"log_level": "info", **(server or {})}
+    lines = ["[server]"]
+    lines += [f"{k} = {_toml(v)}" for k, v in server.items()]
     lines += ["", "[limits]"]
     lines += [f"{k} = {_toml(v)}" for k, v in (limits or {}).items()]
     lines += ["", "[spawn]", f"allow = {_toml(list(spawn_allow))}", ""]
+    if metrics:
+        lines += ["[metrics]", *(f"{k} = {_toml(v)}" for k, v in metrics.items()), ""]
     return "\n".join(lines)
 
 
@@ -154,6 +160,8 @@ class DaemonProcess:
         spawn_allow: Sequence[str] = (),
         limits: dict[str, Any] | None = None,
         umask: int = 0o022,
+        server: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
     ) -> None:
         self.umask = umask
         self.dir = short_tmpdir()
@@ -162,7 +170,7 @@ class DaemonProcess:
         self.stderr_path = os.path.join(self.dir, "stderr.log")
         self.token: str | None = None
         self.tcp: tuple[str, int] | None = None
-        server: dict[str, Any] = {}
+        server = dict(server or {})
         if token:
             token_file = os.path.join(self.dir, "token")
             fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -176,7 +184,10 @@ class DaemonProcess:
         if insecure:
             server["insecure"] = True
         self.limits = dict(limits or {})
-        Path(self.config_path).write_text(config_text(server, self.limits, spawn_allow))
+        self.server = server
+        self.spawn_allow = list(spawn_allow)
+        self.metrics = dict(metrics or {})
+        self.write_config()
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
 
@@ -191,6 +202,50 @@ class DaemonProcess:
     def tcp_address(self) -> str:
         assert self.tcp is not None
         return f"tcp://{self.tcp[0]}:{self.tcp[1]}"
+
+    def write_config(
+        self,
+        server: dict[str, Any] | None = None,
+        limits: dict[str, Any] | None = None,
+        spawn_allow: Sequence[str] | None = None,
+    ) -> None:
+        """(Re)write the config file, with these keys changed (what a reload reads)."""
+        self.server.update(server or {})
+        self.limits.update(limits or {})
+        if spawn_allow is not None:
+            self.spawn_allow = list(spawn_allow)
+        text = config_text(self.server, self.limits, self.spawn_allow, self.metrics)
+        Path(self.config_path).write_text(text)
+
+    def write_token(self, token: str) -> None:
+        """Replace the token file's content (mode 0600), as an operator rotating it does."""
+        path = self.server["token_file"]
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        self.token = token
+
+    def hangup(self) -> None:
+        """Send SIGHUP (reload the config)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+    def wait_log(self, text: str, count: int = 1, timeout: float = T) -> str:
+        """Wait until ``text`` was logged ``count`` times; all of stderr so far."""
+        return str(
+            wait_for(
+                lambda: (log := self.stderr()).count(text) >= count and log,
+                timeout,
+                what=f"{count} x {text!r} in the daemon's log",
+            )
+        )
+
+    def metrics_url(self) -> str:
+        """The metrics URL the daemon announces once started (waited for: it may
+        answer ping a moment before)."""
+        found = re.search(r"metrics on (http://[^\s\"]+)", self.wait_log("metrics on http://"))
+        assert found, f"no metrics URL in the log:\n{self.stderr()}"
+        return found[1]
 
     def start(self) -> DaemonProcess:
         with open(self.stderr_path, "wb") as err:

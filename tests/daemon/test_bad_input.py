@@ -43,7 +43,7 @@ from daemon_support import (
     wait_for,
 )
 
-import client
+import ioserver_client
 from ioserver import ChannelClosed
 from ioserver.messages import Closed, Data
 
@@ -62,7 +62,7 @@ class Witness:
     port to an echo server and back, every echo checked in order."""
 
     def __init__(self, d: DaemonProcess, echo: EchoServer) -> None:
-        self.remote = client.connect(d.socket_path)
+        self.remote = ioserver_client.connect(d.socket_path)
         self.port = self.remote.connect_tcp(*echo.address, packet="line")
         self.sent = 0
         self.received = 0
@@ -983,7 +983,7 @@ def test_the_daemon_going_away_wakes_every_blocked_receiver(sig: int) -> None:
     d = DaemonProcess().start()
     echo = EchoServer()
     try:
-        remote = client.connect(d.socket_path)
+        remote = ioserver_client.connect(d.socket_path)
         ports = [remote.connect_tcp(*echo.address) for _ in range(3)]
         got: dict[int, list[Any]] = {}
 

@@ -1,7 +1,7 @@
 """The same port behaviour embedded and through the daemon, so the two cannot drift.
 
 Every test in :class:`TestPortParity` runs twice, on an embedded
-``ioserver.IOServer`` and on ``client.connect(socket)`` to a real daemon
+``ioserver.IOServer`` and on ``ioserver_client.connect(socket)`` to a real daemon
 process (one conformance suite for every implementation), and asserts
 the exact message sequence a port delivers. Peers are plain blocking sockets of
 the test process; listeners made through the daemon are bound by the daemon,
@@ -24,7 +24,7 @@ import msgpack
 import pytest
 from daemon_support import DaemonProcess, T, read_until_eof, recv_exactly, stop_and_check
 
-import client
+import ioserver_client
 from ioserver import Channel, ChannelClosed, aselect, select
 from ioserver.framing import FrameError
 from ioserver.messages import (
@@ -67,7 +67,7 @@ def io(request: pytest.FixtureRequest, parity_daemon: DaemonProcess) -> Iterator
         finally:
             server.stop()
     else:
-        remote = client.connect(parity_daemon.socket_path)
+        remote = ioserver_client.connect(parity_daemon.socket_path)
         try:
             yield remote
         finally:
@@ -264,6 +264,26 @@ class TestPortParity:
         assert drain(conn) == [Closed(conn)]
         assert drain(accepted) == [Closed(accepted)]
 
+    def test_recv_past_closed_names_the_port(self, io: Any) -> None:
+        """Once Closed was received, recv/try_recv/arecv raise ChannelClosed naming the
+        port the user holds (as select does), not its inbox."""
+        _, conn, accepted = pair(io)
+        conn.close()
+        assert conn.recv(timeout=T) == Closed(conn)
+
+        async def arecv() -> Any:
+            return await conn.arecv(timeout=T)
+
+        for receive in (lambda: conn.recv(timeout=T), conn.try_recv, lambda: asyncio.run(arecv())):
+            with pytest.raises(ChannelClosed) as ended:
+                receive()
+            assert ended.value.channel is conn
+            assert str(ended.value) == f"no more messages from {conn!r}: its inbox is closed"
+        with pytest.raises(ChannelClosed) as selected:
+            select(conn, timeout=T)
+        assert selected.value.channel is conn
+        assert drain(accepted) == [Closed(accepted)]
+
     def test_with_block_closes_the_port(self, io: Any) -> None:
         """``with port:`` closes it on the way out, embedded and remote alike."""
         listener, conn, accepted = pair(io)
@@ -275,6 +295,62 @@ class TestPortParity:
         assert drain(conn) == [Closed(conn)]
         assert drain(accepted) == [Closed(accepted)]
         assert drain(listener)[-1] == Closed(listener)
+
+    @pytest.mark.parametrize("packet", [None, "line", 4], ids=["raw", "line", "len4"])
+    def test_send_refuses_what_the_mode_cannot_write_at_once(self, io: Any, packet: Any) -> None:
+        """send("text"), send(42)... raise TypeError in the caller, naming the type and
+        what the port takes; nothing is counted or written, the port stays open, and
+        the bytes-like kinds go through (issue 10: embedded and remote alike)."""
+        _, conn, accepted = pair(io, packet=packet)
+        for bad in ["hello", 42, [1, 2], (b"x", ("127.0.0.1", 9)), None]:
+            with pytest.raises(TypeError, match=type(bad).__name__) as refused:
+                conn.send(bad)
+            assert "bytes-like" in str(refused.value) and repr(conn) in str(refused.value)
+        with pytest.raises(TypeError, match=r"encode a str first"):
+            asyncio.run(conn.asend("text"))
+        assert not conn.closed and conn.info()["unsent_bytes"] == 0
+        frame = b"ok\n"
+        for data in (frame, bytearray(frame), memoryview(frame)):
+            conn.send(data, timeout=T)
+        expected = [frame] * 3 if packet is not None else None
+        if expected is None:
+            assert recv_bytes(accepted, 9) == frame * 3
+        else:
+            assert recv_frames(accepted, 3) == expected
+        conn.close()
+        assert drain(conn) == [Closed(conn)]  # no Error: the refused sends never reached it
+        assert drain(accepted) == [Closed(accepted)]
+
+    def test_send_on_a_msgpack_port_refuses_what_msgpack_cannot_encode(self, io: Any) -> None:
+        """packet="msgpack" takes any object msgpack encodes; a set raises TypeError at
+        once, and the frames sent around it arrive intact."""
+        _, conn, accepted = pair(io, packet="msgpack")
+        conn.send({"before": 1})
+        with pytest.raises(TypeError, match=r"packet='msgpack'.*not set"):
+            conn.send({1, 2})
+        conn.send([b"after", "text"])
+        assert recv_frames(accepted, 2) == [{"before": 1}, [b"after", "text"]]
+        assert not conn.closed
+        conn.close()
+        assert drain(conn) == [Closed(conn)]
+
+    def test_send_on_udp_takes_data_or_a_data_addr_pair(self, io: Any) -> None:
+        """A UDP port takes bytes-like data or (data, addr); a str, or a pair whose data
+        is a str, raises TypeError at once and the port goes on."""
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        peer.settimeout(T)
+        try:
+            udp = io.open_udp(("127.0.0.1", 0))
+            for bad in ["text", ("text", peer.getsockname()), (b"x",)]:
+                with pytest.raises(TypeError, match=r"\(data, addr\) tuple"):
+                    udp.send(bad)
+            udp.send((bytearray(b"fine"), peer.getsockname()))
+            assert peer.recvfrom(100) == (b"fine", udp.address)
+            udp.close()
+            assert drain(udp) == [Closed(udp)]
+        finally:
+            peer.close()
 
     @pytest.mark.parametrize("packet", ["line", 4, "msgpack"], ids=["line", "len4", "msgpack"])
     def test_packet_modes_end_to_end(self, io: Any, packet: Any) -> None:
@@ -503,7 +579,7 @@ def test_select_mixes_remote_port_local_channel_and_embedded_port(
     port's Closed comes last, then select raises ChannelClosed naming that source."""
     n = 300
     embedded = IOServer(name="test-select").start()
-    remote = client.connect(parity_daemon.socket_path)
+    remote = ioserver_client.connect(parity_daemon.socket_path)
     listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(2)]
     try:
         remote_port = remote.connect_tcp(*listeners[0].getsockname(), packet="line")
@@ -561,7 +637,7 @@ def test_select_mixes_remote_port_local_channel_and_embedded_port(
 @pytest.mark.asyncio
 async def test_aselect_on_a_remote_port_from_a_coroutine(parity_daemon: DaemonProcess) -> None:
     """aselect over a daemon port and a local Channel, from an asyncio task."""
-    remote = client.connect(parity_daemon.socket_path)
+    remote = ioserver_client.connect(parity_daemon.socket_path)
     listener = socket.create_server(("127.0.0.1", 0))
     try:
         port = remote.connect_tcp(*listener.getsockname(), packet="line")
@@ -579,3 +655,20 @@ async def test_aselect_on_a_remote_port_from_a_coroutine(parity_daemon: DaemonPr
     finally:
         listener.close()
         remote.close()
+
+
+def test_remote_port_reprs_show_what_each_port_is_on(parity_daemon: DaemonProcess) -> None:
+    """``<RemotePort id kind ...>``: the daemon's port id, then what the port is on,
+    as far as the client knows it, and ``closed`` once closed."""
+    with ioserver_client.connect(parity_daemon.socket_path) as remote:
+        listener = remote.listen_tcp("127.0.0.1", 0)
+        port = listener.address[1]
+        assert repr(listener) == f"<RemotePort {listener.remote_id} tcp-listener 127.0.0.1:{port}>"
+        conn = remote.connect_tcp("127.0.0.1", port)
+        assert repr(conn) == f"<RemotePort {conn.remote_id} tcp -> 127.0.0.1:{port}>"
+        accepted = listener.recv(timeout=T).conn
+        assert repr(accepted).startswith(f"<RemotePort {accepted.remote_id} tcp -> 127.0.0.1:")
+        ticker = remote.interval(0.5)
+        assert repr(ticker) == f"<RemotePort {ticker.remote_id} interval every=0.5s>"
+        conn.close()
+        assert repr(conn).endswith(" closed>")

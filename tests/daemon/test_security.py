@@ -25,7 +25,7 @@ from daemon_support import (
     stop_and_check,
 )
 
-import client
+import ioserver_client
 from ioserver import protocol
 
 pytestmark = pytest.mark.timeout(30)
@@ -188,9 +188,9 @@ def test_the_client_package_over_tcp_needs_the_token(
 ) -> None:
     for token in (None, "wrong-token-0123456789"):
         with pytest.raises(protocol.RpcError) as info:
-            client.connect(tcp_daemon.tcp_address, token=token)
+            ioserver_client.connect(tcp_daemon.tcp_address, token=token)
         assert info.value.code == protocol.NOT_ALLOWED
-    remote = client.connect(tcp_daemon.tcp_address, token=TOKEN)
+    remote = ioserver_client.connect(tcp_daemon.tcp_address, token=TOKEN)
     try:
         assert remote.ping() == "pong"
         port = remote.connect_tcp(*echo_server.address, packet="line")
@@ -241,7 +241,7 @@ def test_spawn_is_refused_when_the_config_allows_nothing(daemon: DaemonProcess) 
         failure = c.error_of("spawn", ["cat"])
         assert failure.code == 6 and "[spawn]" in failure.message, failure.error
         assert c.call("ping") == "pong"
-    remote = client.connect(daemon.socket_path)
+    remote = ioserver_client.connect(daemon.socket_path)
     try:
         with pytest.raises(protocol.RpcError) as info:
             remote.spawn(["cat"])

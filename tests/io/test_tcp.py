@@ -423,6 +423,24 @@ class StreamPortTests:
         writer.join(T)
         assert msgs == [Data(conn, line) for line in lines] + [Closed(conn)]
 
+    def test_writes_keep_their_order_across_a_full_socket(self, io: IOServer, family: Any) -> None:
+        """Writes go straight to the socket while the transport holds nothing, and
+        through the transport's buffer once the socket is full (drivers/stream.py
+        ``_write``): a peer that reads nothing at first, then everything, gets every
+        numbered chunk once, in order, with the buffer having been used."""
+        _, peer, conn = self.peer_pair(io, family, high_water=1 << 26)
+        chunks = [struct.pack(">I", i) * 1024 for i in range(2048)]  # 8 MiB in 4 KiB chunks
+        for chunk in chunks:
+            conn.send(chunk)
+        wait_until(lambda: conn.info()["unsent_bytes"] == 0, what="every write handed to the loop")
+        buffered = conn.info().get("transport_buffer", 0)
+        conn.close()
+        got = read_until_eof(peer)
+        peer.close()
+        assert buffered > 0  # the socket filled up: the transport's path was taken too
+        assert len(got) == len(chunks) * 4096
+        assert got == b"".join(chunks)
+
     def test_port_close_delivers_one_closed_after_buffered_data(
         self, io: IOServer, family: Any
     ) -> None:

@@ -409,3 +409,13 @@ def test_a_spinning_loop_is_logged(caplog: pytest.LogCaptureFixture) -> None:
         spins = [r for r in caplog.records if "with nothing to do" in r.getMessage()]
         assert len(spins) == 1
         assert io.call(lambda: "still serving") == "still serving"
+
+
+@pytest.mark.parametrize("bad", [{"max_batch": 0}, {"max_batch": -5}, {"quantum": -1.0}])
+def test_a_request_queue_with_no_room_per_batch_is_refused(bad: dict[str, Any]) -> None:
+    """A batch of no requests would never drain the queue: refused when built, on both
+    cores (it used to be accepted, and then the loop never ran a request)."""
+    from ioserver.wakeup import Wakeup
+
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        Wakeup(**bad)

@@ -18,6 +18,7 @@ from ioserver.config import (
     Config,
     ConfigError,
     LimitsConfig,
+    MetricsConfig,
     ServerConfig,
     SpawnConfig,
     from_mapping,
@@ -81,6 +82,7 @@ def test_shipped_file_documents_every_key() -> None:
         ("server", ServerConfig),
         ("limits", LimitsConfig),
         ("spawn", SpawnConfig),
+        ("metrics", MetricsConfig),
     ):
         names = [f.name for f in dataclasses.fields(cls)]
         assert list(data[section]) == names, section
@@ -99,7 +101,10 @@ def test_shipped_file_documents_every_key() -> None:
 # --- bad keys and values -----------------------------------------------------------------------
 
 BAD: list[tuple[dict[str, Any], str]] = [
-    ({"serve": {}}, "unknown section [serve] (the sections are [server], [limits], [spawn])"),
+    (
+        {"serve": {}},
+        "unknown section [serve] (the sections are [server], [limits], [spawn], [metrics])",
+    ),
     ({"server": {"sockett": "x"}}, "server.sockett: unknown key (the keys of [server] are socket"),
     ({"limits": {"ports": 3}}, "limits.ports: unknown key"),
     ({"spawn": {"deny": []}}, "spawn.deny: unknown key"),
@@ -136,6 +141,10 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"spawn": {"allow": ["cat", 5]}}, "spawn.allow[1]: expected a program name or an absolute"),
     ({"spawn": {"allow": [""]}}, "spawn.allow[0]: expected a program name"),
     ({"spawn": {"allow": ["bin/cat"]}}, "spawn.allow[0]: expected a program name or an absolute"),
+    ({"server": {"log_format": "xml"}}, "server.log_format: expected one of 'text', 'json', got"),
+    ({"metrics": {"listen": 9464}}, "metrics.listen: expected a string, got 9464"),
+    ({"metrics": {"listen": "9464"}}, 'metrics.listen: expected "" (off) or "host:port"'),
+    ({"metrics": {"port": 1}}, "metrics.port: unknown key (the keys of [metrics] are listen)"),
 ]
 
 
@@ -327,3 +336,11 @@ def test_spawn_disabled_by_default() -> None:
     assert not spawn.enabled
     assert spawn.resolve("cat") is None
     assert spawn.resolve("/bin/cat") is None
+
+
+def test_metrics_listen_and_log_format() -> None:
+    cfg = from_mapping({"metrics": {"listen": "127.0.0.1:0"}, "server": {"log_format": "json"}})
+    assert cfg.metrics.address() == ("127.0.0.1", 0)
+    assert cfg.server.log_format == "json"
+    assert MetricsConfig().address() is None
+    assert from_mapping({"metrics": {"listen": "[::1]:9464"}}).metrics.address() == ("::1", 9464)

@@ -100,11 +100,17 @@ def test_the_project_installs_and_runs_without_a_compiler(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert not list(site.glob("ioserver/_native*.so"))
+    # The daemon's client installs namespaced: no top-level "client" to clash with
+    # a program's own client.py.
+    assert (site / "ioserver_client" / "remote.py").is_file()
+    assert (site / "ioserver_client" / "py.typed").is_file()
+    assert not (site / "client").exists()
     check = (
         "import ioserver\n"
         "from ioserver import Channel, IOServer\n"
         "ch = Channel(1); ch.send(42); assert ch.recv() == 42\n"
         "with IOServer() as io: assert io.call(lambda: 7) == 7\n"
+        "import ioserver_client; assert ioserver_client.connect\n"
         "print(ioserver.NATIVE, ioserver.__file__)\n"
     )
     # -S: no site module, so no .pth (the dev venv's editable install would map

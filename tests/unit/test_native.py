@@ -525,3 +525,135 @@ async def test_arecv_asend_do_nothing_until_awaited() -> None:
     assert len(ch) == 0
     await ch.asend("y")
     assert ch.try_recv() == "y"
+
+
+# -- the message makers (csrc/messages.c) ---------------------------------------------------
+
+
+def test_message_makers_build_the_same_messages_as_the_classes() -> None:
+    from ioserver.messages import Data, Datagram, Tick, make_data, make_datagram, make_tick
+
+    payload = Msg()
+    before = sys.getrefcount(payload)
+    made = [make_data("p", payload), make_datagram("p", b"x", ("h", 1)), make_tick("p", 3)]
+    assert made == [Data("p", payload), Datagram("p", b"x", ("h", 1)), Tick("p", 3)]
+    assert [type(m) for m in made] == [Data, Datagram, Tick]
+    assert hash(made[2]) == hash(Tick("p", 3)) and repr(made[0]) == repr(Data("p", payload))
+    assert sys.getrefcount(payload) == before + 1  # held once, by the message
+    with pytest.raises(AttributeError):  # still frozen
+        made[0].port = "q"  # type: ignore[misc]
+    assert make_data(port="p", data=1) == Data("p", 1)  # keywords: the class call
+    with pytest.raises(TypeError):
+        make_data("p")  # a wrong count: the class call, and its error
+    del made
+    gc.collect()
+    assert sys.getrefcount(payload) == before
+
+
+def test_a_message_in_a_cycle_is_collected() -> None:
+    from ioserver.messages import make_data
+
+    holder = Msg()
+    message = make_data(holder, None)
+    holder.message = message  # type: ignore[attr-defined]
+    alive = weakref.ref(holder)
+    del holder, message
+    gc.collect()
+    assert alive() is None
+
+
+def test_message_maker_refuses_what_it_cannot_build() -> None:
+    from dataclasses import dataclass
+
+    from ioserver.messages import Data
+
+    @dataclass(frozen=True)
+    class NoSlots:
+        port: Any
+
+    @dataclass(frozen=True, slots=True)
+    class Checked:
+        port: Any
+
+        def __post_init__(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="__slots__"):
+        native.message_maker(NoSlots, ("port",))
+    with pytest.raises(TypeError, match="__post_init__"):
+        native.message_maker(Checked, ("port",))
+    with pytest.raises(TypeError, match="not an object slot"):
+        native.message_maker(Data, ("port", "__repr__"))
+
+
+# -- the driver input path (csrc/deliver.c) -------------------------------------------------
+
+
+def test_the_driver_input_path_is_native_and_honours_overrides() -> None:
+    """feed, deliver and StreamDriver.data_received are the C methods; a class that
+    puts its own deliver in place is still called by the C feed, as Python would."""
+    import socket
+
+    from ioserver.drivers.base import Driver
+    from ioserver.drivers.stream import StreamDriver
+    from ioserver.messages import Data
+    from ioserver.server import IOServer
+
+    assert type(Driver.__dict__["feed"]).__name__ == "method_descriptor"
+    assert type(Driver.__dict__["deliver"]).__name__ == "method_descriptor"
+    assert type(StreamDriver.__dict__["data_received"]).__name__ == "method_descriptor"
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[Any] = []
+    with IOServer() as io:
+        port = io.connect_tcp(*listener.getsockname())
+        peer, _ = listener.accept()
+        original = StreamDriver.deliver
+
+        def deliver(self: Any, message: Any) -> None:
+            seen.append(message)
+            original(self, message)
+
+        io.call(setattr, StreamDriver, "deliver", deliver)
+        try:
+            peer.sendall(b"hello")
+            assert port.recv(timeout=T) == Data(port, b"hello")
+        finally:
+            io.call(delattr, StreamDriver, "deliver")
+        peer.sendall(b"again")
+        assert port.recv(timeout=T) == Data(port, b"again")
+        assert seen == [Data(port, b"hello")]
+        port.close()
+        peer.close()
+    listener.close()
+
+
+def test_the_send_path_is_native_and_falls_back_to_the_reference() -> None:
+    """Port.send is the C method; keywords, other types and a replaced
+    _write_on_loop take the Python send, with the same result."""
+    import socket
+
+    from ioserver.port import Port, PortClosed
+    from ioserver.server import IOServer
+
+    assert type(Port.__dict__["send"]).__name__ == "method_descriptor"
+    assert type(Port.__dict__["_queue_write"]).__name__ == "method_descriptor"
+    listener = socket.create_server(("127.0.0.1", 0))
+    with IOServer() as io:
+        port = io.connect_tcp(*listener.getsockname())
+        peer, _ = listener.accept()
+        peer.settimeout(T)
+        assert port.send(b"a") is True  # C
+        assert port.send(b"b", nowait=True) is True  # keywords: the Python send
+        assert port.send(bytearray(b"c"), timeout=T) is True  # another type
+        with pytest.raises(TypeError, match="str"):
+            port.send("text")
+        got = b""
+        while len(got) < 3:
+            got += peer.recv(10)
+        assert got == b"abc"
+        wait_until(lambda: port.info()["unsent_bytes"] == 0, what="all written")
+        port.close()
+        with pytest.raises(PortClosed):
+            port.send(b"late")
+        peer.close()
+    listener.close()

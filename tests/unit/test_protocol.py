@@ -489,6 +489,7 @@ VALID_CALLS: dict[str, list[Any]] = {
     "hello": [1, "t" * 16],
     "ping": [],
     "stats": [],
+    "reload": [],
     "get_api_info": [],
     "connect_tcp": ["127.0.0.1", 80, {"packet": "line", "active": "once", "timeout": 1.5}],
     "listen_tcp": ["127.0.0.1", 0, {"backlog": 10, "high_water": 1000}],

@@ -1,0 +1,455 @@
+/* The native driver input path: Driver.feed and Driver.deliver (drivers/base.py)
+ * for the common case, in C.
+ *
+ * Every read of every port runs data_received -> feed -> deliver -> try_send on
+ * the I/O thread: three Python frames and some forty bytecodes per message,
+ * with the GIL held, while the threads that receive wait for it. These are the
+ * same two methods, written against the Driver's and the Port's slots at fixed
+ * offsets (read once, at setup, from their member descriptors: a subclass keeps
+ * its bases' slot offsets). What is not the common case calls the Python
+ * methods the reference uses (_feed_frames, _hold, _flush, _wait_for_room,
+ * _inbox_gone, _spend), so every decision stays written once in Python and the
+ * pure core runs exactly that.
+ *
+ * setup_driver(Driver, Port, NO_ONE, control_types, make_data, Full, ChannelClosed)
+ * returns {"feed", "deliver", "data_received"}: method descriptors of Driver,
+ * which base.py installs in place of the Python methods (data_received on
+ * StreamDriver, stream.py).
+ */
+#include "native.h"
+
+#include <math.h>
+#include <structmember.h>
+
+enum {
+    D_FINISHED, D_BYTES_IN, D_RAW, D_PORT, D_CLOSED_QUEUED, D_MESSAGES_IN, D_ACTIVE,
+    D_WAITING_ROOM, D_NFIELDS
+};
+static const char *driver_fields[D_NFIELDS] = {
+    "_finished", "bytes_in", "_raw", "_port", "_closed_queued", "messages_in", "_active",
+    "_waiting_room",
+};
+static Py_ssize_t doff[D_NFIELDS];
+static Py_ssize_t off_pending, off_inbox;  /* Port's slots */
+
+static PyTypeObject *DriverType;  /* owned */
+static PyTypeObject *PortType;    /* owned */
+static PyObject *NoOne;           /* owned: channel.NO_ONE */
+static PyObject *ControlTypes;    /* owned: a tuple of classes */
+static PyObject *MakeData;        /* owned: messages.make_data */
+static PyObject *FullExc, *ClosedExc;  /* owned */
+static PyObject *FeedDescr, *DeliverDescr;  /* owned: the methods setup_driver made */
+static PyObject *s_feed, *s_deliver, *s_fail, *s_py_deliver, *s_feed_frames, *s_hold, *s_flush, *s_wait_for_room, *s_inbox_gone, *s_spend,
+    *s_try_send;
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+/* Replace the object in a slot (steals value; the old one may be NULL). */
+static inline void
+slot_set(PyObject *obj, Py_ssize_t off, PyObject *value)
+{
+    PyObject *old = SLOT(obj, off);
+    SLOT(obj, off) = value;
+    Py_XDECREF(old);
+}
+
+/* A slot's value (borrowed), or NULL with AttributeError when unset. */
+static inline PyObject *
+slot_get(PyObject *obj, Py_ssize_t off, const char *name)
+{
+    PyObject *v = SLOT(obj, off);
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "'%s' object has no attribute '%s'",
+                     Py_TYPE(obj)->tp_name, name);
+    }
+    return v;
+}
+
+/* slot += n for an int slot; 0, or -1 with an exception. */
+static int
+slot_add(PyObject *obj, Py_ssize_t off, const char *name, Py_ssize_t n)
+{
+    PyObject *old = slot_get(obj, off, name);
+    if (old == NULL) {
+        return -1;
+    }
+    PyObject *delta = PyLong_FromSsize_t(n);
+    if (delta == NULL) {
+        return -1;
+    }
+    PyObject *sum = PyNumber_Add(old, delta);
+    Py_DECREF(delta);
+    if (sum == NULL) {
+        return -1;
+    }
+    slot_set(obj, off, sum);
+    return 0;
+}
+
+/* The port of a driver (a new reference), Py_None's new reference when it was
+ * collected, or NULL with an exception. */
+static PyObject *
+driver_port(PyObject *self)
+{
+    PyObject *ref = slot_get(self, doff[D_PORT], "_port");
+    if (ref == NULL) {
+        return NULL;
+    }
+    if (!PyWeakref_Check(ref)) {
+        return PyObject_CallNoArgs(ref);
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *port;
+    if (PyWeakref_GetRef(ref, &port) < 0) {
+        return NULL;
+    }
+    return port == NULL ? Py_NewRef(Py_None) : port;
+#else
+    return Py_NewRef(PyWeakref_GetObject(ref));
+#endif
+}
+
+static PyObject *
+call_method1(PyObject *self, PyObject *name, PyObject *arg)
+{
+    return PyObject_CallMethodOneArg(self, name, arg);
+}
+
+/* Try to put message in inbox: 1 sent, 0 full, -1 closed, -2 error. */
+static int
+inbox_try_send(PyObject *inbox, PyObject *message)
+{
+    if (ioserver_channel_kind(inbox) == 2) {
+        return ioserver_channel_poll(inbox, message, NULL);
+    }
+    PyObject *r = PyObject_CallMethodOneArg(inbox, s_try_send, message);
+    if (r != NULL) {
+        Py_DECREF(r);
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(FullExc)) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (PyErr_ExceptionMatches(ClosedExc)) {
+        PyErr_Clear();
+        return -1;
+    }
+    return -2;
+}
+
+/* Whether `pending` (a port's undelivered messages) holds nothing: 1, 0, -1. */
+static int
+pending_empty(PyObject *pending)
+{
+    if (pending == NoOne) {
+        return 1;
+    }
+    Py_ssize_t n = PyObject_Length(pending);
+    return n < 0 ? -1 : n == 0;
+}
+
+/* The active budget as a number (inf: unlimited); NAN with an exception. */
+static double
+active_budget(PyObject *active)
+{
+    if (PyFloat_CheckExact(active)) {
+        return PyFloat_AS_DOUBLE(active);
+    }
+    double d = PyFloat_AsDouble(active);
+    return d == -1.0 && PyErr_Occurred() ? NAN : d;
+}
+
+static PyObject *
+call_done(PyObject *r)
+{
+    if (r == NULL) {
+        return NULL;
+    }
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
+/* Driver.deliver(message): see base.py's deliver, which this follows line by line. */
+static PyObject *
+driver_deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "deliver(message)");
+        return NULL;
+    }
+    PyObject *message = args[0];
+    PyObject *closed_queued = slot_get(self, doff[D_CLOSED_QUEUED], "_closed_queued");
+    if (closed_queued == NULL) {
+        return NULL;
+    }
+    int t = PyObject_IsTrue(closed_queued);
+    if (t != 0) {
+        return t < 0 ? NULL : Py_NewRef(Py_None);  /* nothing may follow Closed */
+    }
+    PyObject *port = driver_port(self);
+    if (port == NULL) {
+        return NULL;
+    }
+    if (port == Py_None) {
+        Py_DECREF(port);
+        Py_RETURN_NONE;  /* collected: nobody can receive it */
+    }
+    if (!PyObject_TypeCheck(port, PortType)) {
+        /* Not a Port: its fields are not at our offsets; the reference handles it. */
+        Py_DECREF(port);
+        return call_done(call_method1(self, s_py_deliver, message));
+    }
+    PyObject *result = NULL;
+    if (slot_add(self, doff[D_MESSAGES_IN], "messages_in", 1) < 0) {
+        goto done;
+    }
+    PyObject *pending = slot_get(port, off_pending, "_pending");
+    PyObject *active = slot_get(self, doff[D_ACTIVE], "_active");
+    PyObject *waiting = slot_get(self, doff[D_WAITING_ROOM], "_waiting_room");
+    if (pending == NULL || active == NULL || waiting == NULL) {
+        goto done;
+    }
+    int empty = pending_empty(pending);
+    double budget = active_budget(active);
+    int waiting_room = PyObject_IsTrue(waiting);
+    if (empty < 0 || isnan(budget) || waiting_room < 0) {
+        goto done;
+    }
+    if (!(empty && budget > 0 && !waiting_room)) {
+        PyObject *r = call_method1(self, s_hold, message);
+        if (r == NULL) {
+            goto done;
+        }
+        Py_DECREF(r);
+        result = call_done(PyObject_CallMethodNoArgs(self, s_flush));
+        goto done;
+    }
+    PyObject *inbox = slot_get(port, off_inbox, "_inbox");
+    if (inbox == NULL) {
+        goto done;
+    }
+    Py_INCREF(inbox);  /* try_send may run Python code (a subclass, a wakeup) */
+    int sent = inbox_try_send(inbox, message);
+    Py_DECREF(inbox);
+    if (sent == -2) {
+        goto done;
+    }
+    if (sent == 0) {
+        PyObject *r = call_method1(self, s_hold, message);
+        if (r == NULL) {
+            goto done;
+        }
+        Py_DECREF(r);
+        result = call_done(PyObject_CallMethodNoArgs(self, s_wait_for_room));
+        goto done;
+    }
+    if (sent == -1) {
+        result = call_done(PyObject_CallMethodNoArgs(self, s_inbox_gone));
+        goto done;
+    }
+    int control = PyObject_IsInstance(message, ControlTypes);
+    if (control < 0) {
+        goto done;
+    }
+    if (!control && !isinf(budget)) {
+        /* A counted budget: _spend decides about Passive (an infinite one never ends). */
+        result = call_done(PyObject_CallMethodNoArgs(self, s_spend));
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    Py_DECREF(port);
+    return result;
+}
+
+/* Whether self's class still has our method `descr` as `name` (a subclass, or a
+ * test, may have put another one there: then that one is called, as Python would). */
+static inline int
+own_method(PyObject *self, PyObject *name, PyObject *descr)
+{
+    return _PyType_Lookup(Py_TYPE(self), name) == descr;  /* borrowed; the type's cache */
+}
+
+/* Driver.feed(data): bytes arrived; raw ports deliver them as one Data. */
+static PyObject *
+driver_feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "feed(data)");
+        return NULL;
+    }
+    PyObject *data = args[0];
+    PyObject *finished = slot_get(self, doff[D_FINISHED], "_finished");
+    if (finished == NULL) {
+        return NULL;
+    }
+    int t = PyObject_IsTrue(finished);
+    if (t != 0) {
+        return t < 0 ? NULL : Py_NewRef(Py_None);
+    }
+    Py_ssize_t n = PyObject_Length(data);
+    if (n < 0 || slot_add(self, doff[D_BYTES_IN], "bytes_in", n) < 0) {
+        return NULL;
+    }
+    PyObject *raw = slot_get(self, doff[D_RAW], "_raw");
+    if (raw == NULL) {
+        return NULL;
+    }
+    int is_raw = PyObject_IsTrue(raw);
+    if (is_raw < 0) {
+        return NULL;
+    }
+    if (!is_raw) {
+        return call_done(call_method1(self, s_feed_frames, data));
+    }
+    PyObject *port = driver_port(self);
+    if (port == NULL) {
+        return NULL;
+    }
+    if (port == Py_None) {
+        Py_DECREF(port);
+        Py_RETURN_NONE;
+    }
+    PyObject *pair[2] = {port, data};
+    PyObject *message = PyObject_Vectorcall(MakeData, pair, 2, NULL);
+    Py_DECREF(port);
+    if (message == NULL) {
+        return NULL;
+    }
+    PyObject *r = own_method(self, s_deliver, DeliverDescr)
+                      ? driver_deliver(self, &message, 1)
+                      : PyObject_CallMethodOneArg(self, s_deliver, message);
+    Py_DECREF(message);
+    return call_done(r);
+}
+
+/* StreamDriver.data_received(data): feed, and an exception fails the port
+ * (stream.py's data_received, for the transports that call it). */
+static PyObject *
+driver_data_received(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "data_received(data)");
+        return NULL;
+    }
+    PyObject *r = own_method(self, s_feed, FeedDescr)
+                      ? driver_feed(self, args, nargs)
+                      : PyObject_CallMethodOneArg(self, s_feed, args[0]);
+    if (r != NULL || !PyErr_ExceptionMatches(PyExc_Exception)) {
+        return r;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *exc = PyErr_GetRaisedException();
+#else
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(exc, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+#endif
+    r = call_method1(self, s_fail, exc);
+    Py_DECREF(exc);
+    return call_done(r);
+}
+
+static PyMethodDef data_received_def = {
+    "data_received", (PyCFunction)(void (*)(void))driver_data_received, METH_FASTCALL,
+    "The transport read data: feed it; an exception fails the port (native)."};
+static PyMethodDef feed_def = {
+    "feed", (PyCFunction)(void (*)(void))driver_feed, METH_FASTCALL,
+    "Bytes arrived: frame them and deliver each frame as Data (native)."};
+static PyMethodDef deliver_def = {
+    "deliver", (PyCFunction)(void (*)(void))driver_deliver, METH_FASTCALL,
+    "Queue message for the inbox and deliver what the mode and room allow (native)."};
+
+static int
+intern(PyObject **slot, const char *s)
+{
+    *slot = PyUnicode_InternFromString(s);
+    return *slot == NULL ? -1 : 0;
+}
+
+static PyObject *
+setup_driver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PyType_Check(args[0]) || !PyType_Check(args[1])
+        || !PyTuple_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "setup_driver(Driver, Port, NO_ONE, control_types, make_data, Full, "
+                        "ChannelClosed)");
+        return NULL;
+    }
+    if (DriverType != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "setup_driver: already set up");
+        return NULL;
+    }
+    PyTypeObject *driver = (PyTypeObject *)args[0];
+    PyTypeObject *port = (PyTypeObject *)args[1];
+    for (int i = 0; i < D_NFIELDS; i++) {
+        PyObject *name = PyUnicode_FromString(driver_fields[i]);
+        if (name == NULL) {
+            return NULL;
+        }
+        doff[i] = ioserver_slot_offset(driver, name);
+        Py_DECREF(name);
+        if (doff[i] < 0) {
+            return NULL;
+        }
+    }
+    PyObject *name = PyUnicode_FromString("_pending");
+    off_pending = name == NULL ? -1 : ioserver_slot_offset(port, name);
+    Py_XDECREF(name);
+    name = PyUnicode_FromString("_inbox");
+    off_inbox = name == NULL || off_pending < 0 ? -1 : ioserver_slot_offset(port, name);
+    Py_XDECREF(name);
+    if (off_pending < 0 || off_inbox < 0) {
+        return NULL;
+    }
+    if (intern(&s_feed, "feed") < 0 || intern(&s_deliver, "deliver") < 0
+        || intern(&s_fail, "fail") < 0 || intern(&s_py_deliver, "_py_deliver") < 0 || intern(&s_feed_frames, "_feed_frames") < 0 || intern(&s_hold, "_hold") < 0
+        || intern(&s_flush, "_flush") < 0 || intern(&s_wait_for_room, "_wait_for_room") < 0
+        || intern(&s_inbox_gone, "_inbox_gone") < 0 || intern(&s_spend, "_spend") < 0
+        || intern(&s_try_send, "try_send") < 0) {
+        return NULL;
+    }
+    PyObject *feed = PyDescr_NewMethod(driver, &feed_def);
+    PyObject *deliver = PyDescr_NewMethod(driver, &deliver_def);
+    PyObject *received = PyDescr_NewMethod(driver, &data_received_def);
+    PyObject *methods = feed && deliver && received
+                            ? Py_BuildValue("{sOsOsO}", "feed", feed, "deliver", deliver,
+                                            "data_received", received)
+                            : NULL;
+    Py_XDECREF(received);
+    if (methods == NULL) {
+        Py_XDECREF(feed);
+        Py_XDECREF(deliver);
+        return NULL;
+    }
+    FeedDescr = feed;  /* our references: compared with what the classes hold */
+    DeliverDescr = deliver;
+    DriverType = (PyTypeObject *)Py_NewRef(driver);
+    PortType = (PyTypeObject *)Py_NewRef(port);
+    NoOne = Py_NewRef(args[2]);
+    ControlTypes = Py_NewRef(args[3]);
+    MakeData = Py_NewRef(args[4]);
+    FullExc = Py_NewRef(args[5]);
+    ClosedExc = Py_NewRef(args[6]);
+    return methods;
+}
+
+static PyMethodDef deliver_functions[] = {
+    {"setup_driver", (PyCFunction)(void (*)(void))setup_driver, METH_FASTCALL,
+     "setup_driver(Driver, Port, NO_ONE, control_types, make_data, Full, ChannelClosed) "
+     "-> {'feed': ..., 'deliver': ...}: Driver's input methods, native."},
+    {NULL},
+};
+
+int
+ioserver_init_deliver(PyObject *module)
+{
+    return PyModule_AddFunctions(module, deliver_functions);
+}
