@@ -679,6 +679,8 @@ async def _await_not_busy_in(port: Port, task: AsyncTaskLike, timeout: float | N
         if not woken:
             port._forget_writer(box[0])
             raise TimeoutError(f"{port!r} stayed busy past the timeout")
+
+
 #: Kinds of port that only deliver: a send has nowhere to go.
 READ_ONLY_KINDS = frozenset({"tcp-listener", "unix-listener", "interval", "watch"})
 

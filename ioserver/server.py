@@ -46,7 +46,6 @@ import atexit
 import contextlib
 import logging
 import os
-import sys
 import threading
 import warnings
 import weakref
@@ -65,7 +64,7 @@ from .sched import (
     run_blocking,
     thread_task,
 )
-from .sched._original import Flag, allocate_lock, get_ident, start_new_thread
+from .sched._original import Flag, allocate_lock, get_ident, start_new_thread, threading_patched
 from .watchdog import DEFAULT_SLOW_CALLBACK, Watchdog
 
 if TYPE_CHECKING:
@@ -163,7 +162,7 @@ class IOServer:
                     raise ServerStopped(f"{self!r} cannot be restarted; make a new IOServer")
                 return self
             self._state = RUNNING
-            if _threading_patched():
+            if threading_patched():
                 # gevent's patch_all() makes threading.Thread a greenlet: the loop
                 # would block its hub for ever. The I/O thread is always an OS thread.
                 start_new_thread(self._run, ())
@@ -643,12 +642,6 @@ def _close_port(port: Port) -> None:
     """An awaitable open whose caller gave up: close the port nobody will own."""
     with contextlib.suppress(Exception):
         port.close()
-
-
-def _threading_patched() -> bool:
-    """Whether gevent's monkey-patching replaced ``threading``'s threads by greenlets."""
-    monkey = sys.modules.get("gevent.monkey")
-    return monkey is not None and bool(monkey.is_module_patched("threading"))
 
 
 def _run_call(fn: Callable[..., Any], args: tuple[Any, ...], handle: Any) -> None:

@@ -62,6 +62,7 @@ from typing import Any
 
 from ..port import Port
 from ..requests import ServerStopped
+from ..sched._original import allocate_lock, start_new_thread, threading_patched
 from .base import Driver, DriverHost
 from .options import take_options
 
@@ -86,7 +87,9 @@ class _FilePool:
     """One server's file workers: threads that live while files are open, and grow
     while every one of them is stuck.
 
-    Jobs wait in a FIFO; idle workers wait on a Condition. ``acquire`` (loop
+    Jobs wait in a FIFO; an idle worker waits on a lock of its own, which
+    ``submit`` releases (original locks and OS threads, so the pool works the
+    same under gevent's monkey-patching). ``acquire`` (loop
     thread, before a file's open job) and ``release`` (any thread, once that
     file is closed or failed to open) count the open files; at zero the idle
     workers end: jobs already queued still run, then their threads end.
@@ -107,14 +110,14 @@ class _FilePool:
         max_workers: int = POOL_MAX_WORKERS,
         grow_after: float = POOL_GROW_AFTER,
     ) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = allocate_lock()
         self._loop = loop
         self._workers = workers
         self._max = max(workers, max_workers)
         self._grow_after = grow_after
         self._jobs: deque[tuple[Any, tuple[Any, ...]]] = deque()
         self._size = 0  # live workers
-        self._idle = 0  # workers waiting for a job
+        self._idle: list[Any] = []  # the park locks of workers waiting for a job
         self._busy: dict[int, float] = {}  # worker number -> when its job started
         self._users = 0
         self._armed = False  # a growth check is scheduled
@@ -125,21 +128,22 @@ class _FilePool:
         self.grown = 0
 
     def acquire(self) -> None:
-        with self._cond:
+        with self._lock:
             self._users += 1
 
     def release(self) -> None:
-        with self._cond:
+        with self._lock:
             self._users -= 1
             if self._users == 0:
-                self._cond.notify_all()  # idle workers end
+                while self._idle:  # idle workers end
+                    self._idle.pop().release()
 
     def submit(self, fn: Any, *args: Any) -> None:
         """Run ``fn(*args)`` in a worker (starting one if none is idle)."""
-        with self._cond:
+        with self._lock:
             self._jobs.append((fn, args))
-            if self._idle > len(self._jobs) - 1:
-                self._cond.notify()
+            if self._idle:
+                self._idle.pop().release()
             elif self._size < self._workers:
                 if self._size == 0:
                     self.started += 1
@@ -154,12 +158,15 @@ class _FilePool:
         """Lock held: one more worker thread."""
         self._size += 1
         number = next(self._numbers)
+        if threading_patched():  # patched threading.Thread is a greenlet: an OS thread
+            start_new_thread(self._work, (number,))
+            return
         name = f"ioserver-file-{number}"
         threading.Thread(target=self._work, args=(number,), name=name, daemon=True).start()
 
     def _check(self) -> None:
         """Loop thread: grow if every worker has been stuck since the check was armed."""
-        with self._cond:
+        with self._lock:
             self._armed = False
             if not self._jobs or self._idle or self._size >= self._max:
                 return
@@ -176,31 +183,35 @@ class _FilePool:
 
     def _work(self, number: int) -> None:
         """A worker thread: run jobs until the pool has no open file and no job."""
-        cond, jobs, busy = self._cond, self._jobs, self._busy
+        lock, jobs, busy = self._lock, self._jobs, self._busy
+        park = allocate_lock()
+        park.acquire()  # held: released by a submit (or the last release) for us
         while True:
-            with cond:
-                while not jobs:
+            with lock:
+                if not jobs:
                     if self._users <= 0:
                         self._size -= 1
                         return
-                    self._idle += 1
-                    try:
-                        cond.wait()
-                    finally:
-                        self._idle -= 1
-                fn, args = jobs.popleft()
-                busy[number] = monotonic()
+                    self._idle.append(park)
+                    job = None
+                else:
+                    job = jobs.popleft()
+                    busy[number] = monotonic()
+            if job is None:
+                park.acquire()
+                continue
+            fn, args = job
             try:
                 fn(*args)
             except BaseException:  # a job reports its own outcome; this is a bug's
                 log.exception("ioserver: a file job failed")
             finally:
-                with cond:
+                with lock:
                     del busy[number]
 
     def stats(self) -> dict[str, int]:
         """``size`` (workers), ``busy`` (on a job), ``queued`` (jobs waiting), ``grown``."""
-        with self._cond:
+        with self._lock:
             return {
                 "size": self._size,
                 "busy": len(self._busy),

@@ -20,7 +20,16 @@ import importlib
 import sys
 from typing import Any
 
-__all__ = ["Flag", "allocate_lock", "get_ident", "local", "original", "sleep", "start_new_thread"]
+__all__ = [
+    "Flag",
+    "allocate_lock",
+    "get_ident",
+    "local",
+    "original",
+    "sleep",
+    "start_new_thread",
+    "threading_patched",
+]
 
 
 def original(module: str, name: str) -> Any:
@@ -29,6 +38,13 @@ def original(module: str, name: str) -> Any:
     if monkey is not None:
         return monkey.get_original(module, name)
     return getattr(importlib.import_module(module), name)
+
+
+def threading_patched() -> bool:
+    """Whether gevent's monkey-patching made ``threading.Thread`` start greenlets
+    (then a thread that must be an OS thread starts with :data:`start_new_thread`)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("threading"))
 
 
 allocate_lock = original("_thread", "allocate_lock")

@@ -11,7 +11,7 @@ import pytest
 import trio
 from daemon_support import DaemonProcess, EchoServer
 
-import ioserver_client as client
+import ioserver_client
 from ioserver.messages import Data
 
 
@@ -19,7 +19,7 @@ from ioserver.messages import Data
 def test_remote_aconnect_tcp_and_aopen_udp(
     kind: str, daemon: DaemonProcess, echo_server: EchoServer
 ) -> None:
-    remote = client.connect(daemon.socket_path)
+    remote = ioserver_client.connect(daemon.socket_path)
     try:
 
         async def main() -> list[Any]:
@@ -44,7 +44,7 @@ def test_remote_calls_from_greenlets(daemon: DaemonProcess) -> None:
     import gevent
     from gevent._hub_local import get_hub_if_exists
 
-    remote = client.connect(daemon.socket_path)
+    remote = ioserver_client.connect(daemon.socket_path)
     released = threading.Event()
     try:
 

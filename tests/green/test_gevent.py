@@ -227,6 +227,16 @@ with IOServer() as io:
     th.start()
     assert [ch.recv(timeout=10) for _ in range(3)] == [0, 1, 2]
     th.join()
+    # the file workers are OS threads too: a greenlet reads a file through one
+    import tempfile
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(b"on disk")
+        f.flush()
+        port = io.open_file(f.name, "rb")
+        data = gevent.spawn(lambda: port.recv(timeout=10).data)
+        data.join(30)
+        assert data.value == b"on disk", data.exception
+        port.close()
 lock_type = type(ioserver.channel.PyChannel()._lock)
 print(len(ticks), lock_type is type(allocate_lock()))
 """
@@ -236,7 +246,8 @@ print(len(ticks), lock_type is type(allocate_lock()))
 def test_monkey_patched(order: str) -> None:
     """ioserver imported before or after patch_all(): greenlets exchange through
     channels and io.call without blocking the hub (a ticker keeps running), the
-    I/O thread is an OS thread, and the channel lock stays a native lock."""
+    I/O thread and the file workers are OS threads, and the channel lock stays a
+    native lock."""
     out = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(MONKEY), order],
         capture_output=True,
