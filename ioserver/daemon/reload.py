@@ -48,8 +48,15 @@ __all__ = ["ConfigSource", "Reloader", "changed_keys", "reload_tls"]
 
 log = logging.getLogger("ioserver.daemon")
 
-RESTART_ONLY: Final = ("server.socket", "server.tcp", "server.loop", "metrics.listen")
-"""Keys a running daemon can't change: the listeners are bound at start."""
+RESTART_ONLY: Final = (
+    "server.socket",
+    "server.tcp",
+    "server.loop",
+    "server.slow_callback_ms",
+    "metrics.listen",
+)
+"""Keys a running daemon can't change: the listeners are bound at start, and the I/O
+thread's watchdog is made with it."""
 SECRET: Final = ("server.token",)
 """Keys whose values never go to the log (only that they changed)."""
 
@@ -130,7 +137,11 @@ def _keep_listeners(old: Config, new: Config) -> Config:
     is invalid, e.g. the running TCP listener with the token removed); with TLS
     turned on or off, the running TLS keys too."""
     server = dataclasses.replace(
-        new.server, socket=old.server.socket, tcp=old.server.tcp, loop=old.server.loop
+        new.server,
+        socket=old.server.socket,
+        tcp=old.server.tcp,
+        loop=old.server.loop,
+        slow_callback_ms=old.server.slow_callback_ms,
     )
     if _tls_toggled(old, new):
         server = dataclasses.replace(

@@ -131,17 +131,20 @@ def test_a_listener_change_needs_a_restart_and_the_old_one_stays(
     d = daemon_factory(tcp=True, token=True)
     assert d.tcp is not None
     old_tcp = f"127.0.0.1:{d.tcp[1]}"
-    d.write_config(server={"tcp": "127.0.0.1:1", "loop": "asyncio"})
+    d.write_config(server={"tcp": "127.0.0.1:1", "loop": "asyncio", "slow_callback_ms": 5})
     done = run_cli("reload", d.socket_path)
     assert done.returncode == 0, done
     assert "server.tcp changed in the file: it takes effect at the next restart" in done.stdout
     assert "server.loop changed in the file" in done.stdout
+    assert "server.slow_callback_ms changed in the file" in done.stdout
     log = d.wait_log("server.tcp changed in the configuration: it needs a restart")
     assert f"(ioserver keeps '{old_tcp}' until then)" in log
     with hello(d, TOKEN) as client:  # the old listener still serves
         assert client.call("ping") == "pong"
     # Removing the token while the TCP listener runs would leave it open to anyone:
-    d.write_config(server={"tcp": old_tcp, "loop": "auto", "token_file": ""})
+    d.write_config(
+        server={"tcp": old_tcp, "loop": "auto", "slow_callback_ms": 100, "token_file": ""}
+    )
     done = run_cli("reload", d.socket_path)
     assert done.returncode == 1 and "needs a token" in done.stderr, done
     with pytest.raises(RpcFailed):
