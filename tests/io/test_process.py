@@ -315,7 +315,9 @@ def test_stdin_backpressure_blocks_the_writer(io: IOServer) -> None:
 
 
 def test_send_after_close_stdin_fails_the_port(io: IOServer) -> None:
-    p = io.spawn(["cat"])
+    # A child that outlives its stdin: `cat` exits at EOF, and its Closed could then
+    # come before the send (which would raise PortClosed instead of failing the port).
+    p = io.spawn([PY, "-c", "import sys, time; sys.stdin.read(); time.sleep(60)"])
     p.close_stdin()
     p.send(b"too late")
     msgs = recv_until_closed(p)
