@@ -53,7 +53,7 @@ from collections.abc import Callable, Coroutine
 from time import monotonic
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
-from ._core import NATIVE
+from ._core import NATIVE, native
 from .requests import DEFAULT_MAX_BATCH, DEFAULT_QUANTUM, RequestQueue, ServerStopped
 from .sched import (
     AsyncWakeup,
@@ -243,6 +243,10 @@ class IOServer:
                 _cancel_all_tasks(loop)
             with contextlib.suppress(Exception):
                 loop.run_until_complete(loop.shutdown_asyncgens())
+            if native is not None:
+                # Threads woken by this loop's last batch of reads, whose wakeups
+                # the native core held for its end (csrc/sched.c): wake them now.
+                native._flush_unparks()
             loop.close()
             asyncio.set_event_loop(None)
             if self._watchdog is not None:

@@ -787,7 +787,11 @@ now_us(void)
     return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* timeout -> a deadline: -1 none, 0 poll, else monotonic microseconds. */
+/* timeout -> a deadline: -1 none, 0 poll, else monotonic microseconds; or,
+ * below -1, "t microseconds from when it is first needed" as -(2 + t): a recv
+ * or send that finds its message or room at once never reads the clock (a
+ * port's inbox read with a timeout is the hot loop). resolve_deadline makes it
+ * absolute before the first wait. */
 static int
 parse_deadline(PyObject *timeout, long long *deadline)
 {
@@ -804,8 +808,17 @@ parse_deadline(PyObject *timeout, long long *deadline)
         return -1;
     }
     /* > ~31 years: no deadline (avoids float->int and now+t overflow, UB). */
-    *deadline = t > 1e9 ? -1 : t > 0 ? now_us() + (long long)(t * 1e6) + 1 : 0;
+    *deadline = t > 1e9 ? -1 : t > 0 ? -2 - (long long)(t * 1e6) : 0;
     return 0;
+}
+
+/* A lazy deadline (see parse_deadline) made absolute from now; others as they are. */
+static inline void
+resolve_deadline(long long *deadline)
+{
+    if (*deadline < -1) {
+        *deadline = now_us() + (-2 - *deadline) + 1;
+    }
 }
 
 enum { PARKED_WOKEN, PARKED_TIMEOUT, PARKED_RETRY, PARKED_ERROR };
@@ -948,6 +961,7 @@ recv_impl(Channel *ch, long long deadline, int nowait)
             PyErr_SetNone(EmptyExc);
             return NULL;
         }
+        resolve_deadline(&deadline);
         if (deadline == 0 || (deadline > 0 && now_us() >= deadline)) {
             PyErr_SetString(PyExc_TimeoutError, "recv timed out");
             return NULL;
@@ -1056,6 +1070,7 @@ send_impl(Channel *ch, PyObject *value, long long deadline, int nowait)
             raise_full(value);
             return NULL;
         }
+        resolve_deadline(&deadline);
         if (deadline == 0 || (deadline > 0 && now_us() >= deadline)) {
             PyErr_SetString(PyExc_TimeoutError, "send timed out");
             return NULL;

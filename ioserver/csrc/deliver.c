@@ -40,7 +40,7 @@ static PyObject *MakeData;        /* owned: messages.make_data */
 static PyObject *FullExc, *ClosedExc;  /* owned */
 static PyObject *FeedDescr, *DeliverDescr;  /* owned: the methods setup_driver made */
 static PyObject *s_feed, *s_deliver, *s_fail, *s_py_deliver, *s_feed_frames, *s_hold, *s_flush, *s_wait_for_room, *s_inbox_gone, *s_spend,
-    *s_try_send;
+    *s_try_send, *s_server, *s_loop;
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
@@ -324,6 +324,21 @@ driver_feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return call_done(r);
 }
 
+/* The threads this read wakes wake at the end of the loop's batch of reads,
+ * once (sched.c's deferred unparks): the loop is driver.server.loop. An error
+ * only means they wake at once. */
+static void
+defer_unparks(PyObject *driver)
+{
+    PyObject *server = PyObject_GetAttr(driver, s_server);
+    PyObject *loop = server == NULL ? NULL : PyObject_GetAttr(server, s_loop);
+    if (loop == NULL || ioserver_defer_unparks(loop) < 0) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(loop);
+    Py_XDECREF(server);
+}
+
 /* StreamDriver.data_received(data): feed, and an exception fails the port
  * (stream.py's data_received, for the transports that call it). */
 static PyObject *
@@ -332,6 +347,9 @@ driver_data_received(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (nargs != 1) {
         PyErr_SetString(PyExc_TypeError, "data_received(data)");
         return NULL;
+    }
+    if (!ioserver_deferring_unparks()) {
+        defer_unparks(self);
     }
     PyObject *r = own_method(self, s_feed, FeedDescr)
                       ? driver_feed(self, args, nargs)
@@ -413,7 +431,8 @@ setup_driver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         || intern(&s_fail, "fail") < 0 || intern(&s_py_deliver, "_py_deliver") < 0 || intern(&s_feed_frames, "_feed_frames") < 0 || intern(&s_hold, "_hold") < 0
         || intern(&s_flush, "_flush") < 0 || intern(&s_wait_for_room, "_wait_for_room") < 0
         || intern(&s_inbox_gone, "_inbox_gone") < 0 || intern(&s_spend, "_spend") < 0
-        || intern(&s_try_send, "try_send") < 0) {
+        || intern(&s_try_send, "try_send") < 0 || intern(&s_server, "server") < 0
+        || intern(&s_loop, "loop") < 0) {
         return NULL;
     }
     PyObject *feed = PyDescr_NewMethod(driver, &feed_def);

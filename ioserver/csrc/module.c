@@ -18,7 +18,7 @@ native_exec(PyObject *module)
     if (ioserver_init_sched(module) < 0 || ioserver_init_channel(module) < 0
         || ioserver_init_select(module) < 0 || ioserver_init_queue(module) < 0
         || ioserver_init_messages(module) < 0 || ioserver_init_deliver(module) < 0
-        || ioserver_init_port(module) < 0 || ioserver_init_budget(module) < 0) {
+        || ioserver_init_port(module) < 0 || ioserver_init_write(module) < 0 || ioserver_init_budget(module) < 0) {
         return -1;
     }
     return 0;

@@ -27,6 +27,7 @@ int ioserver_init_queue(PyObject *module);
 int ioserver_init_messages(PyObject *module);
 int ioserver_init_deliver(PyObject *module);
 int ioserver_init_port(PyObject *module);
+int ioserver_init_write(PyObject *module);
 int ioserver_init_budget(PyObject *module);
 /* The request queue (csrc/queue.c): whether o is one; submit argv[0](*argv[1:])
  * (0, or -1 with an exception: ServerStopped once closed). */
@@ -109,8 +110,15 @@ ioserver_set_payload(PyObject *h, Py_ssize_t index, PyObject *value)
 /* 1 if `h` is a ThreadWakeup whose unpark can run inside a step (the exact
  * native type, its park/unpark not replaced at run time). No Python code runs. */
 int ioserver_native_unpark_ok(PyObject *h);
-/* Release the park lock of a native ThreadWakeup (inside a step; no Python code). */
+/* Release the park lock of a native ThreadWakeup (inside a step; no Python code);
+ * on a thread deferring its unparks, queue the release instead. */
 void ioserver_tw_unpark(PyObject *h);
+/* The calling thread (an I/O thread in a read callback) defers its native
+ * unparks until `loop` runs the flush this schedules (sched.c): 0, or -1 with
+ * an exception (nothing deferred). Not inside a step: it calls Python. */
+int ioserver_defer_unparks(PyObject *loop);
+/* Whether the calling thread's unparks are being deferred. */
+int ioserver_deferring_unparks(void);
 /* Whether the calling thread is the one where signal handlers run. */
 int ioserver_is_main_thread(void);
 /* A new ThreadWakeup for the calling thread, or NULL with an exception. */
@@ -189,6 +197,26 @@ ioserver_err_restore(ioserver_SavedError *saved)
     PyErr_SetRaisedException(saved->exc);
 #else
     PyErr_Restore(saved->type, saved->value, saved->tb);
+#endif
+}
+
+/* Take the exception in flight as one normalized object (owned, its traceback
+ * attached), to hand to Python code such as a driver's fail(exc). */
+static inline PyObject *
+ioserver_err_take(void)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyErr_GetRaisedException();
+#else
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL && exc != NULL) {
+        PyException_SetTraceback(exc, tb);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return exc;
 #endif
 }
 

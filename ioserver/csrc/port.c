@@ -22,7 +22,7 @@ static const char *port_fields[P_NFIELDS] = {
     "_closed", "_transport_busy", "_submitted", "_processed", "high_water", "_requests",
 };
 static Py_ssize_t poff[P_NFIELDS];
-static PyObject *WriteOnLoop;  /* owned: Port._write_on_loop, the function */
+static int ready;  /* setup_port ran */
 static PyObject *s_py_send, *s_write_on_loop, *s_submit;
 
 #define PSLOT(obj, i) (*(PyObject **)((char *)(obj) + poff[i]))
@@ -43,6 +43,16 @@ int_slot(PyObject *self, int i)
 /* Count n more bytes submitted and queue write(data, n) on the loop: 0, or -1
  * with an exception (ServerStopped after the server stopped; the count stays, as
  * in the Python version). */
+/* The port's _write_on_loop as its class has it (borrowed), if calling it with
+ * the port as first argument is the method call: a function (port.py's), or a
+ * method descriptor (write.c's, which stream.py installs); else NULL. */
+static inline PyObject *
+write_on_loop(PyObject *self)
+{
+    PyObject *w = _PyType_Lookup(Py_TYPE(self), s_write_on_loop);  /* the type's cache */
+    return w != NULL && (PyFunction_Check(w) || Py_IS_TYPE(w, &PyMethodDescr_Type)) ? w : NULL;
+}
+
 static int
 queue_write(PyObject *self, PyObject *write, PyObject *data, Py_ssize_t n)
 {
@@ -65,13 +75,17 @@ queue_write(PyObject *self, PyObject *write, PyObject *data, Py_ssize_t n)
     PyObject *wakeup = PSLOT(self, P_WAKEUP);
     int rc;
     if (wakeup != NULL && ioserver_is_request_queue(wakeup)) {
-        if (write == NULL) {
-            PyObject *argv[4] = {WriteOnLoop, self, data, count};
+        PyObject *own = write == NULL ? write_on_loop(self) : NULL;
+        if (own != NULL) {
+            PyObject *argv[4] = {own, self, data, count};
             rc = ioserver_queue_submit(wakeup, argv, 4);
         }
         else {
-            PyObject *argv[3] = {write, data, count};
-            rc = ioserver_queue_submit(wakeup, argv, 3);
+            PyObject *bound = write != NULL ? Py_NewRef(write)
+                                            : PyObject_GetAttr(self, s_write_on_loop);
+            PyObject *argv[3] = {bound, data, count};
+            rc = bound == NULL ? -1 : ioserver_queue_submit(wakeup, argv, 3);
+            Py_XDECREF(bound);
         }
     }
     else if (wakeup == NULL) {
@@ -116,7 +130,7 @@ port_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwn
 {
     if (nargs == 1 && kwnames == NULL && PyBytes_CheckExact(args[0])
         && PSLOT(self, P_CLOSED) == Py_False && PSLOT(self, P_TRANSPORT_BUSY) == Py_False
-        && _PyType_Lookup(Py_TYPE(self), s_write_on_loop) == WriteOnLoop) {
+        && write_on_loop(self) != NULL) {
         Py_ssize_t submitted = int_slot(self, P_SUBMITTED);
         Py_ssize_t processed = submitted < 0 ? -1 : int_slot(self, P_PROCESSED);
         Py_ssize_t high = processed < 0 ? -1 : int_slot(self, P_HIGH_WATER);
@@ -159,7 +173,7 @@ setup_port(PyObject *module, PyObject *cls)
         PyErr_SetString(PyExc_TypeError, "setup_port(Port)");
         return NULL;
     }
-    if (WriteOnLoop != NULL) {
+    if (ready) {
         PyErr_SetString(PyExc_RuntimeError, "setup_port: already set up");
         return NULL;
     }
@@ -181,11 +195,6 @@ setup_port(PyObject *module, PyObject *cls)
     if (s_py_send == NULL || s_write_on_loop == NULL || s_submit == NULL) {
         return NULL;
     }
-    PyObject *write = _PyType_Lookup(type, s_write_on_loop);  /* borrowed */
-    if (write == NULL || !PyFunction_Check(write)) {
-        PyErr_SetString(PyExc_TypeError, "setup_port: Port._write_on_loop is not a function");
-        return NULL;
-    }
     PyObject *send = PyDescr_NewMethod(type, &send_def);
     PyObject *queue = PyDescr_NewMethod(type, &queue_write_def);
     PyObject *methods = send && queue ? Py_BuildValue("{sOsO}", "send", send, "_queue_write",
@@ -193,9 +202,7 @@ setup_port(PyObject *module, PyObject *cls)
                                       : NULL;
     Py_XDECREF(send);
     Py_XDECREF(queue);
-    if (methods != NULL) {
-        WriteOnLoop = Py_NewRef(write);
-    }
+    ready = methods != NULL;
     return methods;
 }
 

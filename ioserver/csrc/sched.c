@@ -295,12 +295,104 @@ ioserver_native_unpark_ok(PyObject *h)
     return 1;
 }
 
+/* ---- deferred unparks: one wakeup per I/O batch ---------------------------------
+ *
+ * A read callback on the I/O thread that hands a message to a parked thread
+ * used to release that thread's park lock at once: the thread woke on the
+ * other core (or preempted the I/O thread on this one), found the GIL taken by
+ * the I/O thread's next callback, and slept again on the GIL; every callback
+ * of the batch then signalled it once more. So while ioserver_defer_unparks is
+ * in force (from a driver's read callback until `flush` runs, which it
+ * schedules with loop.call_soon: right after the loop's current batch of I/O
+ * callbacks, before it polls again), the I/O thread's native unparks are
+ * queued here, and `flush` releases them all, once, when the loop is about to
+ * let go of the GIL. The claim and the payload are set as before, in the
+ * step; only the release waits. A sleeper whose time runs out meanwhile
+ * loses the claim and waits for the release (ioserver_tw_consume), as it
+ * does for any waker that won. The server calls flush after its loop stops,
+ * so no release is left behind. Under the GIL; the queue holds a reference
+ * to each handle. */
+static unsigned long defer_ident;  /* the thread whose unparks are queued; 0: none */
+static PyObject **deferred;        /* owned references */
+static Py_ssize_t ndeferred, deferred_cap;
+static PyObject *flush_fn;         /* owned: the module's _flush_unparks */
+static PyObject *str_call_soon;
+
+/* Queue h's release (inside a step: PyMem only): 1, or 0 (out of memory: release now). */
+static int
+defer_push(PyObject *h)
+{
+    if (ndeferred == deferred_cap) {
+        Py_ssize_t cap = deferred_cap ? deferred_cap * 2 : 16;
+        PyObject **items = PyMem_Realloc(deferred, (size_t)cap * sizeof(PyObject *));
+        if (items == NULL) {
+            return 0;
+        }
+        deferred = items;
+        deferred_cap = cap;
+    }
+    deferred[ndeferred++] = Py_NewRef(h);
+    return 1;
+}
+
 void
 ioserver_tw_unpark(PyObject *h)
 {
     ioserver_ThreadWakeup *tw = (ioserver_ThreadWakeup *)h;
+    if (defer_ident != 0 && defer_ident == PyThread_get_thread_ident() && defer_push(h)) {
+        return;
+    }
     PyThread_release_lock(tw->park->lock);
     tw->unparked = 1;
+}
+
+int
+ioserver_deferring_unparks(void)
+{
+    return defer_ident != 0 && defer_ident == PyThread_get_thread_ident();
+}
+
+int
+ioserver_defer_unparks(PyObject *loop)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    if (defer_ident == me) {
+        return 0;
+    }
+    PyObject *r = PyObject_CallMethodOneArg(loop, str_call_soon, flush_fn);
+    if (r == NULL) {
+        return -1;  /* a closed loop: unpark at once, as before */
+    }
+    Py_DECREF(r);
+    defer_ident = me;
+    return 0;
+}
+
+/* Release every queued unpark (one step), then drop the references. */
+static PyObject *
+flush_unparks(PyObject *module, PyObject *unused)
+{
+    defer_ident = 0;
+    PyObject **items = deferred;
+    Py_ssize_t n = ndeferred, cap = deferred_cap;
+    deferred = NULL;
+    ndeferred = deferred_cap = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        ioserver_ThreadWakeup *tw = (ioserver_ThreadWakeup *)items[i];
+        PyThread_release_lock(tw->park->lock);
+        tw->unparked = 1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_DECREF(items[i]);  /* the sleeper holds its own: frees nothing */
+    }
+    if (deferred == NULL) {
+        deferred = items;  /* keep the buffer */
+        deferred_cap = cap;
+    }
+    else {
+        PyMem_Free(items);
+    }
+    Py_RETURN_NONE;
 }
 
 PyObject *
@@ -712,6 +804,12 @@ after_fork_child(PyObject *module, PyObject *unused)
      * drop them the next time they look at their queues. */
     ioserver_fork_gen++;
     main_ident = PyThread_get_thread_ident();
+    /* Releases queued for the parent's threads: nobody here waits for them. */
+    defer_ident = 0;
+    for (Py_ssize_t i = 0; i < ndeferred; i++) {
+        Py_DECREF(deferred[i]);
+    }
+    ndeferred = 0;
     Py_RETURN_NONE;
 }
 
@@ -724,6 +822,8 @@ static PyMethodDef sched_functions[] = {
      "Record the ident of the thread where signal handlers run."},
     {"_after_fork_child", after_fork_child, METH_NOARGS,
      "In a forked child: forget the parent's parked threads."},
+    {"_flush_unparks", flush_unparks, METH_NOARGS,
+     "Release the unparks the I/O thread deferred to the end of its batch."},
     {NULL},
 };
 
@@ -767,6 +867,11 @@ ioserver_init_sched(PyObject *module)
     if (PyModule_AddObjectRef(module, "WakeupHandle", (PyObject *)ioserver_HandleType) < 0
         || PyModule_AddObjectRef(module, "ThreadWakeup", (PyObject *)ioserver_ThreadWakeupType) < 0
         || PyModule_AddFunctions(module, sched_functions) < 0) {
+        return -1;
+    }
+    str_call_soon = PyUnicode_InternFromString("call_soon");
+    flush_fn = PyObject_GetAttrString(module, "_flush_unparks");
+    if (str_call_soon == NULL || flush_fn == NULL) {
         return -1;
     }
     return 0;

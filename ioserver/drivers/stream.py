@@ -20,6 +20,8 @@ import weakref
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
+from .._core import native
+from ..framing import RawEncoder
 from ..messages import Accepted
 from ..port import Port, ReadOnlyPort
 from .base import Driver, DriverHost, native_input
@@ -155,6 +157,14 @@ class StreamDriver(Driver, asyncio.Protocol):
 
 if native_input:  # the native core: feed, and fail on an exception, in C (csrc/deliver.c)
     StreamDriver.data_received = native_input["data_received"]  # type: ignore[method-assign]
+if native is not None:
+    # The loop side of Port.send in C (csrc/write.c): _write_on_loop, and for a raw
+    # stream port the driver's write and _write above; the Python methods stay the
+    # reference (and run for every other driver and mode).
+    Port._py_write_on_loop = Port._write_on_loop  # type: ignore[attr-defined]
+    Port._write_on_loop = native.setup_writer(  # type: ignore[method-assign]
+        Port, Driver, StreamDriver, RawEncoder
+    )["_write_on_loop"]
 
 
 class ListenerDriver(Driver):
