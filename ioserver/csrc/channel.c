@@ -2235,6 +2235,15 @@ static PyType_Spec channel_spec = {
     .slots = channel_slots,
 };
 
+Py_ssize_t
+ioserver_channel_buffered(PyObject *o)
+{
+    if (ChannelType == NULL || !PyObject_TypeCheck(o, ChannelType)) {
+        return -1;
+    }
+    return ((Channel *)o)->rlen;
+}
+
 int
 ioserver_channel_kind(PyObject *o)
 {

@@ -30,9 +30,12 @@ int ioserver_init_port(PyObject *module);
 int ioserver_init_write(PyObject *module);
 int ioserver_init_budget(PyObject *module);
 /* The request queue (csrc/queue.c): whether o is one; submit argv[0](*argv[1:])
- * (0, or -1 with an exception: ServerStopped once closed). */
+ * (0, or -1 with an exception: ServerStopped once closed). `more_coming`: the
+ * caller goes on submitting before it blocks, so a pipe byte it writes keeps
+ * the GIL (the loop then drains the whole batch when the caller lets go). */
 int ioserver_is_request_queue(PyObject *o);
-int ioserver_queue_submit(PyObject *queue, PyObject *const *argv, Py_ssize_t nargs);
+int ioserver_queue_submit(PyObject *queue, PyObject *const *argv, Py_ssize_t nargs,
+                          int more_coming);
 /* The offset of cls's object slot `name` (csrc/messages.c), or -1 with an exception. */
 Py_ssize_t ioserver_slot_offset(PyTypeObject *cls, PyObject *name);
 
@@ -150,6 +153,8 @@ extern unsigned long ioserver_fork_gen;
 /* Whether o is a native channel (any subclass: 1) whose synchronous operations
  * are the native ones (the exact NativeChannel class: 2), or neither (0). */
 int ioserver_channel_kind(PyObject *o);
+/* The messages a native channel holds (no Python code runs), or -1 if o is not one. */
+Py_ssize_t ioserver_channel_buffered(PyObject *o);
 /* One non-blocking attempt on a native channel, in one step: receive (value
  * NULL; *out gets the message) or send value (borrowed). 1 done, 0 not ready,
  * -1 closed (and drained, for a receive), -2 error set. */

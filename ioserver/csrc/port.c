@@ -17,9 +17,13 @@
 
 #include <structmember.h>
 
-enum { P_CLOSED, P_TRANSPORT_BUSY, P_SUBMITTED, P_PROCESSED, P_HIGH_WATER, P_WAKEUP, P_NFIELDS };
+enum {
+    P_CLOSED, P_TRANSPORT_BUSY, P_SUBMITTED, P_PROCESSED, P_HIGH_WATER, P_WAKEUP, P_INBOX,
+    P_NFIELDS
+};
 static const char *port_fields[P_NFIELDS] = {
     "_closed", "_transport_busy", "_submitted", "_processed", "high_water", "_requests",
+    "_inbox",
 };
 static Py_ssize_t poff[P_NFIELDS];
 static int ready;  /* setup_port ran */
@@ -73,18 +77,22 @@ queue_write(PyObject *self, PyObject *write, PyObject *data, Py_ssize_t n)
     PSLOT(self, P_SUBMITTED) = sum;
     Py_DECREF(old);  /* an int: frees nothing that runs code */
     PyObject *wakeup = PSLOT(self, P_WAKEUP);
+    /* Messages still in the port's inbox: a thread answering them goes on
+     * sending before it blocks (queue.c keeps the GIL for the pipe byte). */
+    PyObject *inbox = PSLOT(self, P_INBOX);
+    int more = inbox != NULL && ioserver_channel_buffered(inbox) > 0;
     int rc;
     if (wakeup != NULL && ioserver_is_request_queue(wakeup)) {
         PyObject *own = write == NULL ? write_on_loop(self) : NULL;
         if (own != NULL) {
             PyObject *argv[4] = {own, self, data, count};
-            rc = ioserver_queue_submit(wakeup, argv, 4);
+            rc = ioserver_queue_submit(wakeup, argv, 4, more);
         }
         else {
             PyObject *bound = write != NULL ? Py_NewRef(write)
                                             : PyObject_GetAttr(self, s_write_on_loop);
             PyObject *argv[3] = {bound, data, count};
-            rc = bound == NULL ? -1 : ioserver_queue_submit(wakeup, argv, 3);
+            rc = bound == NULL ? -1 : ioserver_queue_submit(wakeup, argv, 3, more);
             Py_XDECREF(bound);
         }
     }
