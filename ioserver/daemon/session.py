@@ -580,9 +580,14 @@ class Session(asyncio.Protocol):
                 return  # unknown notifications are ignored, never answered
             params = event.params
             if event.method == "send" and len(params) == 2 and type(params[0]) is int:
+                # The hot case, decided without the spec: bytes to a port of this
+                # session (whose id is a uint32), or any value to a msgpack port (as
+                # sent: a str stays str). Everything else is checked below.
                 port = self.ports.get(params[0])
-                if port is not None and getattr(port._driver, "packet", None) == "msgpack":
-                    self._send(params[0], params[1])  # any value, as sent (a str stays str)
+                if port is not None and (
+                    type(params[1]) is bytes or getattr(port._driver, "packet", None) == "msgpack"
+                ):
+                    self._send(params[0], params[1])
                     return
             try:
                 params = spec.check(params)
