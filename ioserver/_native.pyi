@@ -76,6 +76,16 @@ def _setup(
 def _setup_green(
     green_recv: Callable[[Any, float | None], Any],
     green_send: Callable[[Any, Any, float | None], Any],
+    arecv_foreign: Callable[[Any, float | None], Coroutine[Any, Any, Any]],
+    asend_foreign: Callable[[Any, Any, float | None], Coroutine[Any, Any, None]],
+    arecv_trio_park: Callable[[Any, Any, float | None], Coroutine[Any, Any, Any]],
+    asend_trio_park: Callable[[Any, Any, Any, float | None], Coroutine[Any, Any, None]],
+    /,
+) -> None: ...
+def _setup_trio(
+    task: Any,
+    checkpoint_if_cancelled: Callable[[], Coroutine[Any, Any, None]],
+    cancel_shielded_checkpoint: Callable[[], Coroutine[Any, Any, None]],
     /,
 ) -> None: ...
 def select(*ops: Any, timeout: float | None = None) -> tuple[Any, Any]: ...
