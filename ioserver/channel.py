@@ -693,6 +693,9 @@ class _Unbounded(PyChannel[T]):
     try_send = send
 
     async def asend(self, value: T, timeout: float | None = None) -> None:
+        task = foreign_async_task()
+        if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
+            return await _asend_in(self, task, value, timeout)
         self.send(value)
 
     def _send_locked(self, value: Any) -> None:
@@ -718,6 +721,9 @@ class _Unbounded(PyChannel[T]):
             return _recv_slow(self, 0, True)  # type: ignore[no-any-return]
 
     async def arecv(self, timeout: float | None = None) -> T:
+        task = foreign_async_task()
+        if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
+            return await _arecv_in(self, task, timeout)  # type: ignore[no-any-return]
         try:
             return self._buf.popleft()  # type: ignore[no-any-return]
         except IndexError:
@@ -769,6 +775,9 @@ class _Bounded(PyChannel[T]):
         _send_slow(self, value, 0, True)
 
     async def asend(self, value: T, timeout: float | None = None) -> None:
+        task = foreign_async_task()
+        if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
+            return await _asend_in(self, task, value, timeout)
         if not self._rwake:
             try:
                 self._room.pop()
@@ -803,6 +812,9 @@ class _Bounded(PyChannel[T]):
         return value  # type: ignore[no-any-return]
 
     async def arecv(self, timeout: float | None = None) -> T:
+        task = foreign_async_task()
+        if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
+            return await _arecv_in(self, task, timeout)  # type: ignore[no-any-return]
         try:
             value = self._buf.popleft()
         except IndexError:
@@ -1247,12 +1259,141 @@ def _green_send(ch: Any, value: Any, timeout: float | None) -> Any:
     return None
 
 
+def _arecv_in(ch: Any, task: Any, timeout: float | None) -> Coroutine[Any, Any, Any]:
+    """``arecv`` of a task that is neither a thread nor an asyncio task: a trio
+    task (:func:`_arecv_trio`), or a using_task scheduler (a select over one
+    channel). Returns the coroutine (one frame fewer per call)."""
+    if getattr(task, "checkpoints", False):
+        return _arecv_trio(ch, task, timeout)
+    return _arecv_select(ch, task, timeout)
+
+
+def _asend_in(ch: Any, task: Any, value: Any, timeout: float | None) -> Coroutine[Any, Any, None]:
+    """``asend`` of a trio task (:func:`_asend_trio`) or a using_task scheduler."""
+    if getattr(task, "checkpoints", False):
+        return _asend_trio(ch, task, value, timeout)
+    return _asend_select(ch, task, value, timeout)
+
+
+async def _arecv_select(ch: Any, task: Any, timeout: float | None) -> Any:
+    """``arecv`` of a using_task scheduler: a select over one channel."""
+    return (await _aselect_in(task, [(False, ch, None)], timeout, "arecv"))[1]
+
+
+async def _asend_select(ch: Any, task: Any, value: Any, timeout: float | None) -> None:
+    """``asend`` of a using_task scheduler: a select over one send."""
+    await _aselect_in(task, [(True, ch, value)], timeout, "asend")
+
+
+# A trio task's arecv/asend: a checkpoint even when the operation is ready
+# (sched/trio.py): a pending cancel raises before anything happens (a message
+# stays in the channel, nothing is sent); an operation done at once is followed
+# by a yield with the cancel shielded, so a cancel landing there is left for the
+# next checkpoint and the result is returned. A park is itself a checkpoint. The
+# park is written for one channel (as _arecv_sel is for asyncio): trio parks on
+# every receive of a producer/consumer pair, so its cost is the row's cost. A
+# cancel ends a park only by winning the claim (nothing was handed over); one
+# that loses lets the wakeup stand (trio's Abort.FAILED).
+
+
+async def _arecv_trio(ch: Any, task: Any, timeout: float | None) -> Any:
+    """``arecv`` of a trio task (see above)."""
+    await task.checkpoint_if_cancelled()
+    value = ch._sel_try_recv()
+    if value is not _NOTHING:
+        await task.cancel_shielded_checkpoint()
+        return value
+    return await _arecv_trio_park(ch, task, timeout)
+
+
+async def _arecv_trio_park(ch: Any, task: Any, timeout: float | None) -> Any:
+    """:func:`_arecv_trio` after its cancel check found none and its try found no
+    message (the native core's Op starts here after doing both in C)."""
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        if deadline is not None and deadline <= _now():
+            raise TimeoutError("arecv timed out")
+        handle = task.wakeup()
+        if ch._sel_register_recv(handle, 0):
+            try:
+                woken = await handle.park(None if deadline is None else deadline - _now())
+            except BaseException:  # the cancel won the claim: nothing was handed over
+                ch._sel_unregister(handle)
+                raise
+            if not woken:
+                ch._sel_unregister(handle)
+                raise TimeoutError("arecv timed out")
+            value = handle.payload[1]
+            if value is not _RETRY:
+                ch._sel_release_slot()
+                return value
+        value = ch._sel_try_recv()  # ready after all (or retry): try again
+        if value is not _NOTHING:
+            await task.cancel_shielded_checkpoint()
+            return value
+
+
+async def _asend_trio(ch: Any, task: Any, value: Any, timeout: float | None) -> None:
+    """``asend`` of a trio task (see above)."""
+    await task.checkpoint_if_cancelled()
+    if ch._sel_try_send(value):
+        await task.cancel_shielded_checkpoint()
+        return
+    await _asend_trio_park(ch, task, value, timeout)
+
+
+async def _asend_trio_park(ch: Any, task: Any, value: Any, timeout: float | None) -> None:
+    """:func:`_asend_trio` after its cancel check and a try that found no room."""
+    deadline = None if timeout is None else _now() + timeout
+    while True:
+        if deadline is not None and deadline <= _now():
+            raise TimeoutError("asend timed out")
+        handle = task.wakeup()
+        if ch._sel_register_send(handle, 0, value):
+            try:
+                woken = await handle.park(None if deadline is None else deadline - _now())
+            except BaseException:
+                ch._sel_unregister(handle)
+                raise
+            if not woken:
+                ch._sel_unregister(handle)
+                raise TimeoutError("asend timed out")
+            mark = handle.payload[1]
+            if mark is _CLOSED:
+                raise ChannelClosed(ch, value)
+            if mark is _SENT:
+                return
+            if mark is not _RETRY and ch._sel_claimed_send(value, mark):
+                return
+        if ch._sel_try_send(value):
+            await task.cancel_shielded_checkpoint()
+            return
+
+
+async def _arecv_foreign(ch: Any, timeout: float | None) -> Any:
+    """The native ``arecv`` of a trio task (or with a using_task scheduler live):
+    the native core asks for this before it tries the operation in C."""
+    task = foreign_async_task()
+    if task is not None:
+        return await _arecv_in(ch, task, timeout)
+    return await _arecv_sel(ch, timeout)  # the override was a sync one: asyncio's path
+
+
+async def _asend_foreign(ch: Any, value: Any, timeout: float | None) -> None:
+    """The native ``asend`` of a trio task (see :func:`_arecv_foreign`)."""
+    task = foreign_async_task()
+    if task is not None:
+        return await _asend_in(ch, task, value, timeout)
+    if not ch._sel_try_send(value):
+        await _asend_sel(ch, value, timeout)
+
+
 async def _arecv_sel(ch: Any, timeout: float | None) -> Any:
     """``arecv`` written over the select protocol (any channel that speaks it):
     try, register, park, and handle what the waker left, until one succeeds."""
     task = foreign_async_task()
     if task is not None:  # a trio task (or a using_task scheduler)
-        return (await _aselect_in(task, [(False, ch, None)], timeout, "arecv"))[1]
+        return await _arecv_in(ch, task, timeout)
     deadline = None if timeout is None else _now() + timeout
     while True:
         value = ch._sel_try_recv()
@@ -1286,7 +1427,7 @@ async def _asend_sel(ch: Any, value: Any, timeout: float | None) -> None:
     """``asend`` written over the select protocol (see :func:`_arecv_sel`)."""
     task = foreign_async_task()
     if task is not None:
-        await _aselect_in(task, [(True, ch, value)], timeout, "asend")
+        await _asend_in(ch, task, value, timeout)
         return
     deadline = None if timeout is None else _now() + timeout
     while True:
@@ -1363,7 +1504,14 @@ if native is not None:
         _arecv_sel,
         _asend_sel,
     )
-    _native._setup_green(_green_recv, _green_send)
+    _native._setup_green(
+        _green_recv,
+        _green_send,
+        _arecv_foreign,
+        _asend_foreign,
+        _arecv_trio_park,
+        _asend_trio_park,
+    )
     # asyncio.create_task() takes coroutines only: the native arecv/asend act as one.
     Coroutine.register(_native._Op)
 

@@ -192,7 +192,7 @@ class ServerConfig:
     log_format: str = "text"
     """Log lines on stderr: "text" (for people) or "json" (one object a line)."""
     slow_callback_ms: int = 100
-    """Warn (with its stack) about a function holding the I/O thread longer; 0: off."""
+    """Warn (with its stack) about a callback holding the I/O thread longer; 0: off."""
 
     def __post_init__(self) -> None:
         if type(self.slow_callback_ms) is not int or self.slow_callback_ms < 0:

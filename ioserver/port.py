@@ -293,7 +293,14 @@ class Port(Closing):
         return True
 
     async def asend(self, data: Any, *, timeout: float | None = None) -> bool:
-        """``send`` for coroutines: waits (without blocking the loop) while busy."""
+        """``send`` for coroutines: waits (without blocking the loop) while busy.
+        In a trio task it is a checkpoint (sched/trio.py): cancelled before it
+        starts, nothing is written; after the write it yields, shielded."""
+        trio_task: Any = foreign_async_task()
+        if trio_task is not None and not getattr(trio_task, "checkpoints", False):
+            trio_task = None  # a using_task scheduler: no checkpoints
+        if trio_task is not None:
+            await trio_task.checkpoint_if_cancelled()
         if self._closed:
             raise PortClosed(f"{self!r} is closed")
         write: Callable[[Any, int], None]
@@ -305,6 +312,8 @@ class Port(Closing):
         if self.busy:
             await self._await_not_busy(timeout)
         self._queue_write(write, data, n)
+        if trio_task is not None:
+            await trio_task.cancel_shielded_checkpoint()
         return True
 
     def _queue_write(self, write: Callable[[Any, int], None], data: Any, n: int) -> None:

@@ -147,6 +147,9 @@ class PyRequestQueue:
         self._fd_lock = allocate_lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
+        # The drain the loop schedules itself (call_soon): _drain, through the
+        # watchdog's guard once attached with one.
+        self._drain_soon: Callable[[], None] = self._drain
         self.max_batch = max_batch
         self.quantum = quantum
         #: The monotonic time the loop has a wakeup armed for (inf: none).
@@ -200,7 +203,7 @@ class PyRequestQueue:
                 return
         if self._pending.acquire(False):  # no drain pending: we must start one
             if _get_ident() == self._thread:
-                self._loop.call_soon(self._drain)  # type: ignore[union-attr]
+                self._loop.call_soon(self._drain_soon)  # type: ignore[union-attr]
             else:
                 self._write_pipe()
 
@@ -241,9 +244,12 @@ class PyRequestQueue:
         self, loop: asyncio.AbstractEventLoop, guard: Callable[[Any], Any] | None = None
     ) -> None:
         """Loop thread: start listening to the pipe (each drain through ``guard``,
-        the server's watchdog, if given)."""
+        the server's watchdog, if given: the pipe's and the ones the loop
+        schedules itself, a continued batch or a loop-thread submit)."""
         self._loop = loop
         self._thread = _get_ident()
+        if guard is not None:
+            self._drain_soon = guard(self._drain)
         loop.add_reader(self._rfd, self._on_pipe if guard is None else guard(self._on_pipe))
 
     def _on_pipe(self) -> None:
@@ -320,11 +326,11 @@ class PyRequestQueue:
         if self._done:
             return  # a request closed us; keep the token
         if queue:
-            self._loop.call_soon(self._drain)  # type: ignore[union-attr]
+            self._loop.call_soon(self._drain_soon)  # type: ignore[union-attr]
             return
         self._pending.release()
         if queue and self._pending.acquire(False):
-            self._loop.call_soon(self._drain)  # type: ignore[union-attr]
+            self._loop.call_soon(self._drain_soon)  # type: ignore[union-attr]
 
     def close(self, reason: BaseException | None = None) -> None:
         """Loop thread (or after the loop died): refuse new requests, reject queued ones."""
@@ -446,8 +452,9 @@ if native is not None or TYPE_CHECKING:
         def attach(
             self, loop: asyncio.AbstractEventLoop, guard: Callable[[Any], Any] | None = None
         ) -> None:
-            """Loop thread: start listening to the pipe (through ``guard``, if given)."""
-            self._attach(loop)
+            """Loop thread: start listening to the pipe (through ``guard``, if given,
+            as the drains the loop schedules itself)."""
+            self._attach(loop, None if guard is None else guard(self._drain))
             loop.add_reader(self._rfd, self._on_pipe if guard is None else guard(self._on_pipe))
 
         def close(self, reason: BaseException | None = None) -> None:

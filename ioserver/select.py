@@ -351,12 +351,22 @@ def select_in(
 async def aselect_in(
     task: AsyncTaskLike, ops: list[_Op], timeout: float | None, what: str = "aselect"
 ) -> tuple[Any, Any]:
-    """``aselect`` of prepared ``ops`` parking through ``task.block_after``."""
+    """``aselect`` of prepared ``ops`` parking through ``task.block_after``.
+
+    A task kind whose every await is a checkpoint (trio: ``checkpoints``, see
+    sched/trio.py) gets its cancel checked before anything happens and a
+    shielded yield after an operation found ready; its ``block_after`` makes
+    the park a checkpoint."""
     deadline = None if timeout is None else _now() + timeout
+    checkpoints = getattr(task, "checkpoints", False)
+    if checkpoints:
+        await task.checkpoint_if_cancelled()  # type: ignore[attr-defined]
     while True:
         start = _randrange(len(ops))
         result = _poll(ops, start)
         if result is not None:
+            if checkpoints:
+                await task.cancel_shielded_checkpoint()  # type: ignore[attr-defined]
             return result
         left = None if deadline is None else deadline - _now()
         if left is not None and left <= 0:

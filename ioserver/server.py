@@ -123,8 +123,9 @@ class IOServer:
     ) -> None:
         self._loop_kind = loop
         self._name = name
-        # Reports a call/call_soon function holding the I/O thread longer than
-        # slow_callback seconds, while it does (watchdog.py); None: no watchdog.
+        # Reports a loop callback (a call/call_soon function, a driver's event)
+        # holding the I/O thread longer than slow_callback seconds, while it
+        # does (watchdog.py); None: no watchdog.
         self._watchdog = None if slow_callback is None else Watchdog(slow_callback, name)
         self._requests = RequestQueue(max_batch=max_batch, quantum=quantum)
         # The hot path: call_soon (documented below) is the queue's own, so a
@@ -453,9 +454,10 @@ class IOServer:
         wakeup; ``max_batch``: the largest drain; ``longest_batch_ms``: the
         longest drain; ``pending``: requests queued now; ``ports``: open ports
         by kind; ``ports_opened``: ports ever opened; ``state``; ``loop``;
-        ``core``: "native" (the compiled core) or "python"; ``stalls``: drains
-        (``call``/``call_soon`` functions) that held the I/O thread longer than
-        ``slow_callback``, ``longest_stall_ms``: the longest of them;
+        ``core``: "native" (the compiled core) or "python"; ``stalls``: loop
+        callbacks (drains of ``call``/``call_soon`` functions, driver callbacks)
+        that held the I/O thread longer than ``slow_callback``,
+        ``longest_stall_ms``: the longest of them;
         ``file_size``/``file_busy``/``file_queued``/``file_grown``: the file
         workers, those on a job, jobs waiting, workers added because all were stuck.
         """

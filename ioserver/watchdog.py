@@ -1,16 +1,23 @@
 """The I/O thread's watchdog: report a callback that has been running too long, while it runs.
 
-The loop never waits on user code (docs/architecture.md), but user code can
-still hold it: a function given to ``IOServer.call``/``call_soon`` that sleeps
-or computes. asyncio's ``slow_callback_duration`` reports such a callback after
-it returned; this reports it *while it is still stuck*, with the I/O thread's
+The loop never waits on user code (docs/architecture.md), but code can still
+hold it: a function given to ``IOServer.call``/``call_soon`` that sleeps or
+computes, or a driver callback that does (a transport event, a timer, a
+watch). asyncio's ``slow_callback_duration`` reports such a callback after it
+returned; this reports it *while it is still stuck*, with the I/O thread's
 current stack, so the offending line is in the log when it matters.
 
 Theory of operation
 -------------------
-The loop runs guarded sections (``guard(fn)`` wraps the request-queue drain,
-where every ``call``/``call_soon`` function runs): entering stores the start
-time, leaving clears it. A watchdog thread, started on the first section, looks
+The loop runs guarded sections: ``guard(fn)`` wraps the request-queue drain
+(every ``call``/``call_soon`` function runs there), :func:`loop_callback`
+every driver callback the loop calls (drivers/), and the native core's
+``data_received`` (csrc/deliver.c) marks its own. Entering stores the start
+time in ``_since``, leaving clears it. Sections nest (a drain that delivers
+into a port runs driver code): a section that finds ``_since`` set is inside
+another and touches nothing, so the outer start stands and the stall is
+counted once, when the outer section ends. Only the loop thread writes
+``_since``, so that check is exact. A watchdog thread, started on the first section, looks
 at the running section at its deadline (start + limit): if the same section is
 still running, it logs one warning with the I/O thread's stack
 (``sys._current_frames``), then looks every tenth of the limit until the
@@ -23,7 +30,8 @@ Idle costs nothing: after a full period in which no section ran, the watchdog
 parks on a lock with no timeout, and the next section to start releases it
 (the loop thread only looks at a flag otherwise). Under load it wakes once per
 ``limit`` at most, not once per section, so a section costs one clock read,
-two attribute writes and two reads on the loop thread.
+two attribute writes and two reads on the loop thread (and a nested one
+costs one read).
 """
 
 from __future__ import annotations
@@ -34,10 +42,14 @@ import sys
 import traceback
 from collections.abc import Callable
 from time import monotonic
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from .sched._original import allocate_lock, get_ident, start_new_thread
 
-__all__ = ["DEFAULT_SLOW_CALLBACK", "Watchdog"]
+__all__ = ["DEFAULT_SLOW_CALLBACK", "Watchdog", "loop_callback"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 log = logging.getLogger("ioserver")
 
@@ -47,6 +59,24 @@ DEFAULT_SLOW_CALLBACK = 0.1
 
 class Watchdog:
     """Watches the guarded sections of one I/O thread (see the module doc)."""
+
+    # Slots: the native core reads and writes _since, _parked and _stuck at
+    # their offsets (csrc/deliver.c), as the Python sections do by name.
+    __slots__ = (
+        "_ident",
+        "_name",
+        "_parked",
+        "_since",
+        "_stall_lock",
+        "_started",
+        "_stopped",
+        "_stuck",
+        "_wake",
+        "limit",
+        "longest_stall",
+        "reports",
+        "stalls",
+    )
 
     def __init__(self, limit: float, name: str = "ioserver") -> None:
         if not limit > 0:
@@ -71,10 +101,14 @@ class Watchdog:
 
     def guard(self, fn: Callable[[], object]) -> Callable[[], None]:
         """``fn`` as a guarded section of the loop thread: one clock read and two
-        attribute writes around it (the watchdog thread does the rest)."""
+        attribute writes around it (the watchdog thread does the rest); inside
+        another section, just ``fn`` (the outer one times both)."""
         now = monotonic
 
         def guarded() -> None:
+            if self._since:  # nested: the outer section's start stands
+                fn()
+                return
             self._since = now()
             if self._parked:
                 self._unpark()
@@ -161,3 +195,43 @@ class Watchdog:
             self.limit * 1000,
             stack,
         )
+
+
+class _Watched(Protocol):
+    """What :func:`loop_callback` needs of the object: its server's watchdog."""
+
+    @property
+    def _watchdog(self) -> Watchdog | None: ...
+
+
+_W = TypeVar("_W", bound=_Watched)
+
+
+def loop_callback(
+    method: Callable[Concatenate[_W, _P], _R],
+) -> Callable[Concatenate[_W, _P], _R]:
+    """Decorate a method the event loop calls (a protocol callback, a timer, a
+    reader) as a guarded section of its object's ``_watchdog`` (None: no
+    watchdog, one attribute read). Nested in another section it only calls
+    ``method`` (see the module doc)."""
+    now = monotonic
+
+    def guarded(self: _W, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        wd: Any = self._watchdog
+        if wd is None or wd._since:
+            return method(self, *args, **kwargs)
+        wd._since = now()
+        if wd._parked:
+            wd._unpark()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            wd._since = 0.0
+            if wd._stuck:
+                wd._end_stall(now())
+
+    guarded.__name__ = method.__name__
+    guarded.__qualname__ = method.__qualname__
+    guarded.__doc__ = method.__doc__
+    guarded.__module__ = method.__module__
+    return guarded

@@ -88,6 +88,14 @@ static PyObject *ChannelClosed, *EmptyExc, *FullExc, *StatisticsCls, *ExactCls;
 static PyObject *RETRY, *SLOT, *WANT, *SENT, *CLOSED, *NOTHING;
 static PyObject *ArecvSlow, *AsendSlow;  /* channel.py's coroutine functions */
 static PyObject *GreenRecv, *GreenSend;  /* channel.py's _green_recv/_green_send, or NULL */
+/* channel.py's _arecv_foreign/_asend_foreign (an await of a trio task), or NULL */
+static PyObject *ArecvForeign, *AsendForeign;
+/* trio.lowlevel's checkpoint_if_cancelled and cancel_shielded_checkpoint, given by
+ * sched/trio.py when it is imported (_setup_trio), or NULL */
+static PyObject *CheckpointIfCancelled, *CancelShieldedCheckpoint;
+/* sched/trio.py's TrioTask (_setup_trio); channel.py's _arecv_trio_park and
+ * _asend_trio_park (_setup_green), where a trio op that is not ready goes. */
+static PyObject *TrioTaskObj, *ArecvTrioPark, *AsendTrioPark;
 static PyTypeObject *OpType;
 static PyTypeObject *ChannelType;
 static PyObject *str_unpark, *str_try_send, *str_park;
@@ -1344,6 +1352,16 @@ parse_timeout(const char *name, PyObject *const *args, Py_ssize_t nargs, PyObjec
  * (am_send: no coroutine frame, no trip through the loop). Otherwise it
  * starts channel.py's slow path (a coroutine over the select protocol) and
  * forwards every later send/throw/close to it, as `yield from` would.
+ *
+ * In a trio task every await is a checkpoint (sched/trio.py), as in trio's
+ * memory channels: first trio's checkpoint_if_cancelled (a pending cancel
+ * yields, then raises Cancelled: the operation never happens), then the
+ * operation in one step, then, if it happened, trio's
+ * cancel_shielded_checkpoint, through which the Op forwards as through a slow
+ * path and returns the result (`pending`) when it ends. Not ready, it starts
+ * channel.py's _arecv_foreign/_asend_foreign, which parks the trio task. With
+ * a using_task() scope live, Python decides (_arecv_foreign/_asend_foreign)
+ * before anything is tried.
  * channel.py registers the type as a collections.abc.Coroutine, so
  * asyncio.create_task() takes it.
  */
@@ -1353,6 +1371,7 @@ typedef struct {
     PyObject *value;    /* owned: asend's message, or NULL for arecv */
     PyObject *timeout;  /* owned */
     PyObject *inner;    /* owned: the slow path's coroutine, once started */
+    PyObject *pending;  /* owned: a trio op's result, returned when `inner` ends */
     char is_send;
     char started;
 } Op;
@@ -1383,6 +1402,7 @@ op_new(Channel *ch, PyObject *value, PyObject *timeout)
     op->value = Py_XNewRef(value);
     op->timeout = Py_NewRef(timeout);
     op->inner = NULL;
+    op->pending = NULL;
     op->is_send = value != NULL;
     op->started = 0;
     /* Not tracked yet: until it starts the slow path it refers to no object
@@ -1398,6 +1418,7 @@ op_traverse(Op *op, visitproc visit, void *arg)
     Py_VISIT(op->value);
     Py_VISIT(op->timeout);
     Py_VISIT(op->inner);
+    Py_VISIT(op->pending);
     return 0;
 }
 
@@ -1408,6 +1429,7 @@ op_clear(Op *op)
     Py_CLEAR(op->value);
     Py_CLEAR(op->timeout);
     Py_CLEAR(op->inner);
+    Py_CLEAR(op->pending);
     return 0;
 }
 
@@ -1435,11 +1457,148 @@ op_await(PyObject *self)
 
 static int is_exact(Channel *ch);
 
+/* A trio op's shielded checkpoint ended without returning (an exception, or
+ * closed): a message it received goes back to the head of the channel, so
+ * nothing is lost (a send that happened stays sent). Keeps the exception set. */
+static void
+op_drop_pending(Op *op)
+{
+    PyObject *v = op->pending;
+    op->pending = NULL;
+    if (v == NULL) {
+        return;
+    }
+    if (!op->is_send) {
+        ioserver_SavedError saved;
+        ioserver_err_save(&saved);
+        Post p;
+        post_init(&p);
+        Channel *ch = (Channel *)op->ch;
+        step_begin(ch, &p);
+        int r = unrecv(ch, v, &p);  /* steals v */
+        post_run(&p);
+        if (r < 0) {
+            Py_DECREF(v);
+            PyErr_Clear();
+        }
+        ioserver_err_restore(&saved);
+    }
+    else {
+        Py_DECREF(v);
+    }
+}
+
+/* Start the slow path: channel.py's coroutine fn(ch, [value,] timeout), then
+ * forward the first send to it. */
+static PySendResult
+op_start_inner(Op *op, PyObject *fn, PyObject **result)
+{
+    op->inner = op->is_send ? PyObject_CallFunctionObjArgs(fn, op->ch, op->value, op->timeout, NULL)
+                            : PyObject_CallFunctionObjArgs(fn, op->ch, op->timeout, NULL);
+    if (op->inner == NULL) {
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    /* The slow path's coroutine may lead back here (its frame, the task). */
+    PyObject_GC_Track(op);
+    return PyIter_Send(op->inner, Py_None, result);
+}
+
+/* Run trio's coroutine function fn to its first yield: PYGEN_NEXT with the
+ * yielded value in *result and the coroutine in op->inner (forwarded to from
+ * now on), PYGEN_RETURN if it finished at once, PYGEN_ERROR if it raised. */
+static PySendResult
+op_trio_step(Op *op, PyObject *fn, PyObject **result)
+{
+    PyObject *coro = PyObject_CallNoArgs(fn);
+    if (coro == NULL) {
+        *result = NULL;
+        return PYGEN_ERROR;
+    }
+    PySendResult s = PyIter_Send(coro, Py_None, result);
+    if (s == PYGEN_NEXT) {
+        /* Not tracked: trio's checkpoint coroutines lead back to no Op (and the
+         * untracked Op goes back to the freelist). */
+        op->inner = coro;
+        return s;
+    }
+    Py_DECREF(coro);
+    if (s == PYGEN_RETURN) {
+        Py_CLEAR(*result);
+    }
+    return s;
+}
+
+/* A trio task's arecv/asend (see Op): checkpoint_if_cancelled, the operation
+ * in one step, cancel_shielded_checkpoint; not ready, the slow path. */
+static PySendResult
+op_trio(Op *op, PyObject **result)
+{
+    PySendResult s = op_trio_step(op, CheckpointIfCancelled, result);
+    if (s != PYGEN_RETURN) {
+        return s;  /* cancelled: it yields, then raises Cancelled; nothing happened */
+    }
+    Channel *ch = (Channel *)op->ch;
+    PyObject *v = NULL;
+    Post p;
+    post_init(&p);
+    if (!op->is_send) {
+        step_begin(ch, &p);
+        if (try_recv_step(ch, &p, &v) != 1) {
+            v = NULL;
+        }
+        post_run(&p);
+    }
+    else if (is_exact(ch)) {
+        step_begin(ch, &p);
+        int r = try_send_step(ch, op->value, &p);
+        post_run(&p);
+        if (r == 1) {
+            v = Py_NewRef(Py_None);
+        }
+        else if (r == -2) {
+            PyErr_Clear();  /* the slow path tries again, and raises if it must */
+        }
+    }
+    if (v == NULL) {  /* not ready: park (the cancel check and the try are done) */
+        op->inner = op->is_send ? PyObject_CallFunctionObjArgs(AsendTrioPark, op->ch, TrioTaskObj,
+                                                               op->value, op->timeout, NULL)
+                                : PyObject_CallFunctionObjArgs(ArecvTrioPark, op->ch, TrioTaskObj,
+                                                               op->timeout, NULL);
+        if (op->inner == NULL) {
+            *result = NULL;
+            return PYGEN_ERROR;
+        }
+        PyObject_GC_Track(op);  /* the park's coroutine may lead back here */
+        return PyIter_Send(op->inner, Py_None, result);
+    }
+    op->pending = v;
+    s = op_trio_step(op, CancelShieldedCheckpoint, result);
+    if (s == PYGEN_RETURN) {
+        *result = op->pending;
+        op->pending = NULL;
+    }
+    else if (s == PYGEN_ERROR) {
+        op_drop_pending(op);
+    }
+    return s;
+}
+
 static PySendResult
 op_am_send(Op *op, PyObject *arg, PyObject **result)
 {
     if (op->inner != NULL) {
-        return PyIter_Send(op->inner, arg, result);
+        PySendResult s = PyIter_Send(op->inner, arg, result);
+        if (op->pending != NULL && s != PYGEN_NEXT) {
+            if (s == PYGEN_RETURN) {  /* the shielded checkpoint ended: the op's result */
+                Py_SETREF(*result, op->pending);
+                op->pending = NULL;
+            }
+            else {
+                op_drop_pending(op);
+            }
+        }
+        return s;
     }
     if (op->started || op->ch == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "cannot reuse an already awaited channel operation");
@@ -1448,6 +1607,13 @@ op_am_send(Op *op, PyObject *arg, PyObject **result)
     }
     op->started = 1;
     Channel *ch = (Channel *)op->ch;
+    int foreign = ArecvForeign != NULL ? ioserver_async_foreign() : 0;
+    if (foreign == 2 && CheckpointIfCancelled != NULL && ArecvTrioPark != NULL) {
+        return op_trio(op, result);
+    }
+    if (foreign) {
+        return op_start_inner(op, op->is_send ? AsendForeign : ArecvForeign, result);
+    }
     Post p;
     post_init(&p);
     if (!op->is_send) {
@@ -1459,7 +1625,7 @@ op_am_send(Op *op, PyObject *arg, PyObject **result)
             *result = v;
             return PYGEN_RETURN;
         }
-        op->inner = PyObject_CallFunctionObjArgs(ArecvSlow, op->ch, op->timeout, NULL);
+        return op_start_inner(op, ArecvSlow, result);
     }
     else {
         if (is_exact(ch)) {
@@ -1474,15 +1640,8 @@ op_am_send(Op *op, PyObject *arg, PyObject **result)
                 PyErr_Clear();  /* the slow path tries again, and raises if it must */
             }
         }
-        op->inner = PyObject_CallFunctionObjArgs(AsendSlow, op->ch, op->value, op->timeout, NULL);
+        return op_start_inner(op, AsendSlow, result);
     }
-    if (op->inner == NULL) {
-        *result = NULL;
-        return PYGEN_ERROR;
-    }
-    /* The slow path's coroutine may lead back here (its frame, the task). */
-    PyObject_GC_Track(op);
-    return PyIter_Send(op->inner, Py_None, result);
 }
 
 static PyObject *
@@ -1525,6 +1684,23 @@ op_throw(Op *op, PyObject *const *args, Py_ssize_t nargs)
         }
         PyObject *r = PyObject_Vectorcall(meth, args, nargs, NULL);
         Py_DECREF(meth);
+        if (r == NULL && op->pending != NULL) {
+            if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+                /* the shielded checkpoint ended: return the op's result */
+                PyErr_Clear();
+                PyObject *v = op->pending;
+                op->pending = NULL;
+                PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, v);
+                Py_DECREF(v);
+                if (exc != NULL) {
+                    PyErr_SetObject(PyExc_StopIteration, exc);
+                    Py_DECREF(exc);
+                }
+            }
+            else {
+                op_drop_pending(op);
+            }
+        }
         return r;
     }
     op->started = 1;  /* thrown into before it started: the operation never happens */
@@ -1546,7 +1722,9 @@ op_close(Op *op, PyObject *unused)
 {
     op->started = 1;
     if (op->inner != NULL) {
-        return PyObject_CallMethod(op->inner, "close", NULL);
+        PyObject *r = PyObject_CallMethod(op->inner, "close", NULL);
+        op_drop_pending(op);  /* closed at the shielded checkpoint: give the message back */
+        return r;
     }
     Py_RETURN_NONE;
 }
@@ -2397,17 +2575,40 @@ channel_setup(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* _setup_green(green_recv, green_send): channel.py's slow paths for a caller
- * that is not a native thread (see green_op). */
+/* _setup_green(green_recv, green_send, arecv_foreign, asend_foreign,
+ *              arecv_trio_park, asend_trio_park): channel.py's paths for a caller
+ * that is not a native thread (see green_op) and for an await that is not an
+ * asyncio task's (see Op). */
 static PyObject *
 channel_setup_green(PyObject *module, PyObject *args)
 {
-    PyObject *recv, *send;
-    if (!PyArg_UnpackTuple(args, "_setup_green", 2, 2, &recv, &send)) {
+    PyObject *recv, *send, *arecv, *asend, *arecv_park, *asend_park;
+    if (!PyArg_UnpackTuple(args, "_setup_green", 6, 6, &recv, &send, &arecv, &asend, &arecv_park,
+                           &asend_park)) {
         return NULL;
     }
+    Py_XSETREF(ArecvTrioPark, Py_NewRef(arecv_park));
+    Py_XSETREF(AsendTrioPark, Py_NewRef(asend_park));
     Py_XSETREF(GreenRecv, Py_NewRef(recv));
     Py_XSETREF(GreenSend, Py_NewRef(send));
+    Py_XSETREF(AsendForeign, Py_NewRef(asend));
+    Py_XSETREF(ArecvForeign, Py_NewRef(arecv));
+    Py_RETURN_NONE;
+}
+
+/* _setup_trio(task, checkpoint_if_cancelled, cancel_shielded_checkpoint): the
+ * trio task kind and trio's two halves of a checkpoint, given by sched/trio.py
+ * (see Op). */
+static PyObject *
+channel_setup_trio(PyObject *module, PyObject *args)
+{
+    PyObject *task, *cic, *csc;
+    if (!PyArg_UnpackTuple(args, "_setup_trio", 3, 3, &task, &cic, &csc)) {
+        return NULL;
+    }
+    Py_XSETREF(TrioTaskObj, Py_NewRef(task));
+    Py_XSETREF(CancelShieldedCheckpoint, Py_NewRef(csc));
+    Py_XSETREF(CheckpointIfCancelled, Py_NewRef(cic));
     Py_RETURN_NONE;
 }
 
@@ -2416,6 +2617,8 @@ static PyMethodDef channel_functions[] = {
      "Give the native channel the exception classes, statistics class and marks of channel.py."},
     {"_setup_green", channel_setup_green, METH_VARARGS,
      "Give the native channel the slow paths of greenlets and using_task() schedulers."},
+    {"_setup_trio", channel_setup_trio, METH_VARARGS,
+     "Give the native channel trio's checkpoint_if_cancelled and cancel_shielded_checkpoint."},
     {NULL},
 };
 

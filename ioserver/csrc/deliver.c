@@ -11,15 +11,24 @@
  * _inbox_gone, _spend), so every decision stays written once in Python and the
  * pure core runs exactly that.
  *
- * setup_driver(Driver, Port, NO_ONE, control_types, make_data, Full, ChannelClosed)
+ * setup_driver(Driver, Port, NO_ONE, control_types, make_data, Full, ChannelClosed,
+ *              Watchdog)
  * returns {"feed", "deliver", "data_received"}: method descriptors of Driver,
  * which base.py installs in place of the Python methods (data_received on
  * StreamDriver, stream.py).
+ *
+ * data_received is a loop callback, so it is a section of the I/O thread's
+ * watchdog (watchdog.py's loop_callback, in C): the driver's _watchdog slot
+ * read once, the start written into the Watchdog's _since slot as a float (one
+ * clock read), cleared at the end; a section already running (nested) is left
+ * alone. feed and deliver are not loop entry points (the drivers' callbacks
+ * call them, inside their sections) and mark nothing.
  */
 #include "native.h"
 
 #include <math.h>
 #include <structmember.h>
+#include <time.h>
 
 enum {
     D_FINISHED, D_BYTES_IN, D_RAW, D_PORT, D_CLOSED_QUEUED, D_MESSAGES_IN, D_ACTIVE,
@@ -31,6 +40,11 @@ static const char *driver_fields[D_NFIELDS] = {
 };
 static Py_ssize_t doff[D_NFIELDS];
 static Py_ssize_t off_pending, off_inbox;  /* Port's slots */
+static Py_ssize_t off_watchdog;            /* Driver's _watchdog slot */
+static Py_ssize_t off_since, off_parked, off_stuck;  /* Watchdog's slots */
+static PyTypeObject *WatchdogType;         /* owned */
+static PyObject *ZeroFloat;                /* owned: 0.0, "no section running" */
+static PyObject *s_unpark, *s_end_stall;
 
 static PyTypeObject *DriverType;  /* owned */
 static PyTypeObject *PortType;    /* owned */
@@ -339,8 +353,76 @@ defer_unparks(PyObject *driver)
     Py_XDECREF(server);
 }
 
+/* time.monotonic(): CLOCK_MONOTONIC, as CPython reads it on Linux. */
+static inline double
+monotonic_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A float slot that holds a nonzero value (the section's start, a stall). */
+static inline int
+slot_nonzero(PyObject *obj, Py_ssize_t off)
+{
+    PyObject *v = SLOT(obj, off);
+    return v != NULL && (!PyFloat_CheckExact(v) || PyFloat_AS_DOUBLE(v) != 0.0);
+}
+
+/* Enter a watchdog section for a loop callback of driver `self`: the watchdog
+ * (a new reference) if this is the outer section, else NULL (no watchdog, or
+ * inside another section). Never raises: a failure only skips the section. */
+static PyObject *
+section_enter(PyObject *self)
+{
+    PyObject *wd = SLOT(self, off_watchdog);
+    if (wd == NULL || wd == Py_None || !PyObject_TypeCheck(wd, WatchdogType)
+        || slot_nonzero(wd, off_since)) {
+        return NULL;
+    }
+    PyObject *start = PyFloat_FromDouble(monotonic_now());
+    if (start == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    slot_set(wd, off_since, start);  /* the old value is a float: freeing it runs nothing */
+    Py_INCREF(wd);
+    if (SLOT(wd, off_parked) == Py_True) {  /* first section after an idle period */
+        PyObject *r = PyObject_CallMethodNoArgs(wd, s_unpark);
+        if (r == NULL) {
+            PyErr_WriteUnraisable(wd);
+        }
+        Py_XDECREF(r);
+    }
+    return wd;
+}
+
+/* Leave the outer section (steals wd); keeps the exception in flight, if any. */
+static void
+section_leave(PyObject *wd)
+{
+    slot_set(wd, off_since, Py_NewRef(ZeroFloat));
+    if (slot_nonzero(wd, off_stuck)) {  /* reported stuck: time it exactly */
+        ioserver_SavedError saved;
+        ioserver_err_save(&saved);
+        PyObject *end = PyFloat_FromDouble(monotonic_now());
+        PyObject *r = end == NULL ? NULL : PyObject_CallMethodOneArg(wd, s_end_stall, end);
+        Py_XDECREF(end);
+        if (r == NULL) {
+            PyErr_WriteUnraisable(wd);
+        }
+        Py_XDECREF(r);
+        ioserver_err_restore(&saved);
+    }
+    Py_DECREF(wd);
+}
+
+static PyObject *data_received_body(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
+
 /* StreamDriver.data_received(data): feed, and an exception fails the port
- * (stream.py's data_received, for the transports that call it). */
+ * (stream.py's data_received, for the transports that call it); a watchdog
+ * section (see the top of this file). */
 static PyObject *
 driver_data_received(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -348,6 +430,17 @@ driver_data_received(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "data_received(data)");
         return NULL;
     }
+    PyObject *wd = section_enter(self);
+    PyObject *r = data_received_body(self, args, nargs);
+    if (wd != NULL) {
+        section_leave(wd);
+    }
+    return r;
+}
+
+static PyObject *
+data_received_body(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
     if (!ioserver_deferring_unparks()) {
         defer_unparks(self);
     }
@@ -394,11 +487,11 @@ intern(PyObject **slot, const char *s)
 static PyObject *
 setup_driver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7 || !PyType_Check(args[0]) || !PyType_Check(args[1])
-        || !PyTuple_Check(args[3])) {
+    if (nargs != 8 || !PyType_Check(args[0]) || !PyType_Check(args[1])
+        || !PyTuple_Check(args[3]) || !PyType_Check(args[7])) {
         PyErr_SetString(PyExc_TypeError,
                         "setup_driver(Driver, Port, NO_ONE, control_types, make_data, Full, "
-                        "ChannelClosed)");
+                        "ChannelClosed, Watchdog)");
         return NULL;
     }
     if (DriverType != NULL) {
@@ -425,6 +518,32 @@ setup_driver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     off_inbox = name == NULL || off_pending < 0 ? -1 : ioserver_slot_offset(port, name);
     Py_XDECREF(name);
     if (off_pending < 0 || off_inbox < 0) {
+        return NULL;
+    }
+    PyTypeObject *watchdog = (PyTypeObject *)args[7];
+    struct {
+        PyTypeObject *cls;
+        const char *name;
+        Py_ssize_t *off;
+    } wslots[] = {
+        {driver, "_watchdog", &off_watchdog},
+        {watchdog, "_since", &off_since},
+        {watchdog, "_parked", &off_parked},
+        {watchdog, "_stuck", &off_stuck},
+    };
+    for (size_t i = 0; i < sizeof(wslots) / sizeof(wslots[0]); i++) {
+        name = PyUnicode_FromString(wslots[i].name);
+        *wslots[i].off = name == NULL ? -1 : ioserver_slot_offset(wslots[i].cls, name);
+        Py_XDECREF(name);
+        if (*wslots[i].off < 0) {
+            return NULL;
+        }
+    }
+    if (intern(&s_unpark, "_unpark") < 0 || intern(&s_end_stall, "_end_stall") < 0) {
+        return NULL;
+    }
+    ZeroFloat = PyFloat_FromDouble(0.0);
+    if (ZeroFloat == NULL) {
         return NULL;
     }
     if (intern(&s_feed, "feed") < 0 || intern(&s_deliver, "deliver") < 0
@@ -457,12 +576,14 @@ setup_driver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     MakeData = Py_NewRef(args[4]);
     FullExc = Py_NewRef(args[5]);
     ClosedExc = Py_NewRef(args[6]);
+    WatchdogType = (PyTypeObject *)Py_NewRef(watchdog);
     return methods;
 }
 
 static PyMethodDef deliver_functions[] = {
     {"setup_driver", (PyCFunction)(void (*)(void))setup_driver, METH_FASTCALL,
-     "setup_driver(Driver, Port, NO_ONE, control_types, make_data, Full, ChannelClosed) "
+     "setup_driver(Driver, Port, NO_ONE, control_types, make_data, Full, ChannelClosed, "
+     "Watchdog) "
      "-> {'feed': ..., 'deliver': ...}: Driver's input methods, native."},
     {NULL},
 };

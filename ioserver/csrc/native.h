@@ -19,6 +19,15 @@
  * a thread. Cheap: one dict lookup. Never raises. */
 int ioserver_green_possible(void);
 
+/* Whether an await comes from a task that is not an asyncio task: 2 when
+ * sniffio says "trio" (its thread-local name, else its context variable), 1
+ * when a using_task() scope is live (Python decides), 0 for asyncio. Then
+ * arecv/asend make trio's checkpoints (channel.c's Op) or run channel.py's
+ * _arecv_foreign/_asend_foreign instead of the asyncio fast path. Cheap: one
+ * dict lookup without sniffio, an attribute read and a context-variable read
+ * with it. Never raises (an error reading sniffio's state counts as asyncio). */
+int ioserver_async_foreign(void);
+
 /* Each part's init: add its types and functions to the module; 0 or -1. */
 int ioserver_init_sched(PyObject *module);
 int ioserver_init_channel(PyObject *module);

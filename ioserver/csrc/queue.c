@@ -564,17 +564,25 @@ RequestQueue_wake_at(RequestQueue *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(attach_core_doc,
-"_attach(loop, /)\n--\n\n"
-"Loop thread: remember the loop, its call_soon and this thread.");
+"_attach(loop, drain=None, /)\n--\n\n"
+"Loop thread: remember the loop, its call_soon and this thread; ``drain`` is what\n"
+"the loop schedules to continue draining (the watchdog's guarded _drain), else _drain.");
 
 static PyObject *
-RequestQueue_attach_core(RequestQueue *self, PyObject *loop)
+RequestQueue_attach_core(RequestQueue *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "_attach(loop, drain=None)");
+        return NULL;
+    }
+    PyObject *loop = args[0];
     PyObject *call_soon = PyObject_GetAttrString(loop, "call_soon");
     if (call_soon == NULL) {
         return NULL;
     }
-    PyObject *drain = PyObject_GetAttrString((PyObject *)self, "_drain");
+    PyObject *drain = nargs > 1 && args[1] != Py_None
+                          ? Py_NewRef(args[1])
+                          : PyObject_GetAttrString((PyObject *)self, "_drain");
     if (drain == NULL) {
         Py_DECREF(call_soon);
         return NULL;
@@ -884,7 +892,8 @@ static PyMethodDef RequestQueue_methods[] = {
     {"_drain", (PyCFunction)RequestQueue_drain, METH_NOARGS, drain_doc},
     {"_on_pipe", (PyCFunction)RequestQueue_on_pipe, METH_NOARGS, on_pipe_doc},
     {"wake_at", (PyCFunction)RequestQueue_wake_at, METH_NOARGS, wake_at_doc},
-    {"_attach", (PyCFunction)RequestQueue_attach_core, METH_O, attach_core_doc},
+    {"_attach", (PyCFunction)(void (*)(void))RequestQueue_attach_core, METH_FASTCALL,
+     attach_core_doc},
     {"_take_all", (PyCFunction)(void (*)(void))RequestQueue_take_all, METH_FASTCALL,
      take_all_doc},
     {"_close_fds", (PyCFunction)(void (*)(void))RequestQueue_close_fds, METH_FASTCALL,

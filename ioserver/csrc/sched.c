@@ -764,6 +764,68 @@ ioserver_green_possible(void)
     return PyDict_Check(modules) && PyDict_Contains(modules, str_gevent) == 1;
 }
 
+/* sniffio's state, read by ioserver_async_foreign: the module last seen in
+ * sys.modules, its thread_local and its current_async_library_cvar (owned;
+ * refreshed when sys.modules holds another module object). */
+static PyObject *str_sniffio, *str_thread_local, *str_name, *str_cvar, *str_trio;
+static PyObject *sniffio_mod = NULL, *sniffio_local = NULL, *sniffio_cvar = NULL;
+
+/* 1 if `name` (borrowed, may be NULL) is the string "trio". */
+static inline int
+is_trio(PyObject *name)
+{
+    return name != NULL &&
+           (name == str_trio ||
+            (PyUnicode_CheckExact(name) && PyUnicode_Compare(name, str_trio) == 0));
+}
+
+int
+ioserver_async_foreign(void)
+{
+    if (green_scopes > 0) {
+        return 1;  /* a using_task() scope may name the task: Python decides */
+    }
+    PyObject *modules = PyImport_GetModuleDict();  /* borrowed */
+    PyObject *mod = PyDict_Check(modules) ? PyDict_GetItemWithError(modules, str_sniffio) : NULL;
+    if (mod == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (mod != sniffio_mod) {
+        PyObject *local = PyObject_GetAttr(mod, str_thread_local);
+        PyObject *cvar = local == NULL ? NULL : PyObject_GetAttr(mod, str_cvar);
+        if (cvar == NULL || !PyContextVar_CheckExact(cvar)) {
+            Py_XDECREF(local);
+            Py_XDECREF(cvar);
+            PyErr_Clear();
+            return 0;
+        }
+        Py_XSETREF(sniffio_mod, Py_NewRef(mod));
+        Py_XSETREF(sniffio_local, local);
+        Py_XSETREF(sniffio_cvar, cvar);
+    }
+    PyObject *name = PyObject_GetAttr(sniffio_local, str_name);
+    if (name == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int truth = name == Py_None ? 0 : PyObject_IsTrue(name);
+    if (truth < 0) {
+        PyErr_Clear();
+        truth = 0;
+    }
+    if (!truth) {  /* as sched/_current.py: the thread-local name, else the context variable */
+        Py_DECREF(name);
+        if (PyContextVar_Get(sniffio_cvar, NULL, &name) < 0) {
+            PyErr_Clear();
+            return 0;
+        }
+    }
+    int r = is_trio(name) ? 2 : 0;
+    Py_XDECREF(name);
+    return r;
+}
+
 static PyObject *
 green_scope(PyObject *module, PyObject *arg)
 {
@@ -840,6 +902,15 @@ ioserver_init_sched(PyObject *module)
     str_unpark = PyUnicode_InternFromString("unpark");
     str_gevent = PyUnicode_InternFromString("gevent");
     if (str_gevent == NULL) {
+        return -1;
+    }
+    str_sniffio = PyUnicode_InternFromString("sniffio");
+    str_thread_local = PyUnicode_InternFromString("thread_local");
+    str_name = PyUnicode_InternFromString("name");
+    str_cvar = PyUnicode_InternFromString("current_async_library_cvar");
+    str_trio = PyUnicode_InternFromString("trio");
+    if (str_sniffio == NULL || str_thread_local == NULL || str_name == NULL ||
+        str_cvar == NULL || str_trio == NULL) {
         return -1;
     }
     if (park_dict_key == NULL || str_park == NULL || str_unpark == NULL) {

@@ -64,6 +64,7 @@ from ..framing import (
 from ..messages import Closed, Error, Message, Passive, make_data
 from ..port import _unanchor, anchor
 from ..requests import RequestQueue, ServerStopped
+from ..watchdog import Watchdog, loop_callback
 
 if TYPE_CHECKING:
     from ..port import Port
@@ -111,7 +112,10 @@ class DriverHost(Protocol):
     - ``_run_coroutine``/``call``: the client side of an open (run the opening
       coroutine or function on the loop and wait for its port);
     - ``_stop_deadline``: when a stopping server gives up flushing (a process
-      driver's kill budget).
+      driver's kill budget);
+    - ``_watchdog``: the I/O thread's watchdog (watchdog.py), or None: every
+      driver callback the loop calls is a guarded section of it
+      (``loop_callback``); read once, into each driver.
 
     Two lazy slots are attached to the server by the driver modules that own them,
     made on first use on the loop thread: ``_timer_heap`` (drivers/timer.py) and
@@ -133,6 +137,9 @@ class DriverHost(Protocol):
 
     @property
     def _stop_deadline(self) -> float: ...
+
+    @property
+    def _watchdog(self) -> Watchdog | None: ...
 
     def _register(self, driver: Driver) -> None: ...
 
@@ -178,6 +185,7 @@ class Driver:
         "_raw",
         "_reading",
         "_waiting_room",
+        "_watchdog",
         "bytes_in",
         "bytes_out",
         "decoder",
@@ -202,6 +210,9 @@ class Driver:
         max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.server = server
+        # The server's watchdog (loop_callback; the native data_received reads it
+        # here too), or None. getattr: a host made for a test may have none.
+        self._watchdog: Watchdog | None = getattr(server, "_watchdog", None)
         # Weak: the loop side must not keep the Port alive (module docstring).
         self._port: weakref.ref[Port] = weakref.ref(port)
         self.packet = packet
@@ -286,7 +297,9 @@ class Driver:
         return False
 
     # asyncio protocol callbacks shared by the transport-backed drivers (stream, udp).
+    # Each method the loop calls is a section of the watchdog (loop_callback).
 
+    @loop_callback
     def connection_made(self, transport: Any) -> None:
         """The transport is up: keep it and set it up (``_setup``); a failure there is
         Error + Closed. (uvloop's transports have asyncio's interface, not its classes.)"""
@@ -299,6 +312,7 @@ class Driver:
     def _setup(self, transport: Any) -> None:
         """Hook: configure a new transport (water marks, addresses...)."""
 
+    @loop_callback
     def connection_lost(self, exc: Exception | None) -> None:
         """The transport is gone: a failure gives Error + Closed, an orderly end Closed."""
         if exc is not None:
@@ -307,11 +321,13 @@ class Driver:
             self.finish()
         self.transport = None
 
+    @loop_callback
     def pause_writing(self) -> None:
         port = self._port()
         if port is not None:
             port._set_transport_busy(True)
 
+    @loop_callback
     def resume_writing(self) -> None:
         port = self._port()
         if port is not None:
@@ -331,7 +347,9 @@ class Driver:
     # -- input: called by the subclass's transport callbacks ---------------------
 
     def feed(self, data: bytes) -> None:
-        """Bytes arrived: frame them and deliver each frame as ``Data``."""
+        """Bytes arrived: frame them and deliver each frame as ``Data``. (Called by
+        the drivers' loop callbacks, inside their watchdog section: not a loop
+        entry point itself, nor is ``deliver``.)"""
         if self._finished:
             return
         self.bytes_in += len(data)
@@ -734,7 +752,7 @@ if native is not None:
 
     Driver._py_deliver = Driver.deliver  # type: ignore[attr-defined]
     native_input = native.setup_driver(
-        Driver, _Port, NO_ONE, _CONTROL, make_data, Full, ChannelClosed
+        Driver, _Port, NO_ONE, _CONTROL, make_data, Full, ChannelClosed, Watchdog
     )
     Driver.feed = native_input["feed"]  # type: ignore[method-assign]
     Driver.deliver = native_input["deliver"]  # type: ignore[method-assign]

@@ -63,6 +63,7 @@ from typing import Any
 from ..port import Port
 from ..requests import ServerStopped
 from ..sched._original import allocate_lock, start_new_thread, threading_patched
+from ..watchdog import Watchdog, loop_callback
 from .base import Driver, DriverHost
 from .options import take_options
 
@@ -109,8 +110,11 @@ class _FilePool:
         workers: int = POOL_WORKERS,
         max_workers: int = POOL_MAX_WORKERS,
         grow_after: float = POOL_GROW_AFTER,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self._lock = allocate_lock()
+        #: The server's watchdog: the growth check is a loop callback (a section).
+        self._watchdog = watchdog
         self._loop = loop
         self._workers = workers
         self._max = max(workers, max_workers)
@@ -164,6 +168,7 @@ class _FilePool:
         name = f"ioserver-file-{number}"
         threading.Thread(target=self._work, args=(number,), name=name, daemon=True).start()
 
+    @loop_callback
     def _check(self) -> None:
         """Loop thread: grow if every worker has been stuck since the check was armed."""
         with self._lock:
@@ -232,7 +237,7 @@ def _pool_of(server: DriverHost) -> _FilePool:
     """Loop thread: the server's file pool, made on first use."""
     pool: _FilePool | None = getattr(server, "_file_pool", None)
     if pool is None:
-        pool = _FilePool(server.loop)
+        pool = _FilePool(server.loop, watchdog=getattr(server, "_watchdog", None))
         # A lazy slot the server does not declare (DriverHost's docstring).
         setattr(server, "_file_pool", pool)  # noqa: B010
     return pool

@@ -108,6 +108,7 @@ from typing import Any
 
 from ..messages import Exited, Stderr
 from ..port import Port
+from ..watchdog import loop_callback
 from .base import Driver, DriverHost
 from .options import take_options
 
@@ -171,8 +172,9 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
             # resumes reading through _resume_reading when a read comes).
             self._reading = False
 
-    # -- asyncio.SubprocessProtocol callbacks (loop thread) --------------------------
+    # -- asyncio.SubprocessProtocol callbacks (loop thread; watchdog sections) --------
 
+    @loop_callback
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         try:
@@ -190,6 +192,7 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
         except Exception as exc:
             self.fail(exc)
 
+    @loop_callback
     def pipe_data_received(self, fd: int, data: bytes | str) -> None:
         assert isinstance(data, bytes)  # str only with universal_newlines, never here
         try:
@@ -201,6 +204,7 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
         except Exception as exc:
             self.fail(exc)
 
+    @loop_callback
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if fd == 0:
             if self._stdin_state == "open":
@@ -219,6 +223,7 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
             self.fail(err)
         self._maybe_exited()
 
+    @loop_callback
     def process_exited(self) -> None:
         self._reaped = True
         if self._closed_queued and (self._kill_handle is not None or self._sigkill_sent):
@@ -320,6 +325,7 @@ class ProcessDriver(Driver, asyncio.SubprocessProtocol):
             self._signal(signal.SIGTERM)
         self._kill_handle = loop.call_later(grace, self._kill_now)
 
+    @loop_callback
     def _kill_now(self) -> None:
         if self._kill_handle is not None:
             self._kill_handle.cancel()

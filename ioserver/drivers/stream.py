@@ -24,6 +24,7 @@ from .._core import native
 from ..framing import RawEncoder
 from ..messages import Accepted
 from ..port import Port, ReadOnlyPort
+from ..watchdog import loop_callback
 from .base import Driver, DriverHost, native_input
 from .options import PortOptions, take_options
 
@@ -69,17 +70,20 @@ class StreamDriver(Driver, asyncio.Protocol):
             # pause: pause again once it has.
             self.server.loop.call_soon(self._keep_paused)
 
+    @loop_callback
     def _keep_paused(self) -> None:
         transport = self.transport
         if not self._reading and transport is not None and transport.is_reading():
             transport.pause_reading()
 
+    @loop_callback
     def data_received(self, data: bytes) -> None:
         try:
             self.feed(data)
         except Exception as exc:
             self.fail(exc)
 
+    @loop_callback
     def eof_received(self) -> bool:
         try:
             self.feed_eof()
@@ -155,7 +159,9 @@ class StreamDriver(Driver, asyncio.Protocol):
         return info
 
 
-if native_input:  # the native core: feed, and fail on an exception, in C (csrc/deliver.c)
+# The native core: feed, and fail on an exception, in C (csrc/deliver.c), a watchdog
+# section of its own as loop_callback makes one.
+if native_input:
     StreamDriver.data_received = native_input["data_received"]  # type: ignore[method-assign]
 if native is not None:
     # The loop side of Port.send in C (csrc/write.c): _write_on_loop, and for a raw
@@ -245,6 +251,7 @@ class ListenerDriver(Driver):
         for sock in self.socks:
             loop.remove_reader(sock.fileno())
 
+    @loop_callback
     def _on_acceptable(self, sock: socket.socket) -> None:
         """A listening socket is readable: accept while the port may take more."""
         loop = self.server.loop
@@ -265,6 +272,7 @@ class ListenerDriver(Driver):
             loop.create_task(self._connect(conn))
         self._disarm()  # the inbox is full, or enough connections are on their way
 
+    @loop_callback
     def _after_backoff(self) -> None:
         self._retry = None
         if not self._closed_queued:
@@ -336,6 +344,7 @@ class _AcceptedDriver(StreamDriver):
     #: holds it before that; the driver holds its port only weakly).
     unannounced: Port | None
 
+    @loop_callback
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         listener = self.listener

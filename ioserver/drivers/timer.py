@@ -86,6 +86,7 @@ from ..channel import Channel, ChannelClosed, Full
 from ..messages import Tick, make_tick
 from ..port import Port, ReadOnlyPort
 from ..requests import RequestQueue, ServerStopped
+from ..watchdog import Watchdog, loop_callback
 from .base import Driver, DriverHost
 from .options import take_options
 
@@ -224,6 +225,8 @@ class TimerHeap:
         self.server = server
         self.loop = server.loop
         self.requests: RequestQueue = server._requests
+        #: The server's watchdog: the loop timer's callback is a section of it.
+        self._watchdog: Watchdog | None = getattr(server, "_watchdog", None)
         # (deadline, seq, entry); seq breaks ties in addition order.
         self.heap: list[tuple[float, int, _Entry]] = []
         self._seq = 0
@@ -317,6 +320,7 @@ class TimerHeap:
 
     # -- the fire path --------------------------------------------------------------
 
+    @loop_callback
     def _on_loop_timer(self) -> None:
         """Loop callback: the armed deadline came."""
         self._handle = None

@@ -49,6 +49,7 @@ from typing import Any
 
 from ..messages import Error, make_datagram
 from ..port import Port
+from ..watchdog import loop_callback
 from .base import Driver, DriverHost
 from .options import take_options
 
@@ -101,6 +102,7 @@ class UDPDriver(Driver, asyncio.DatagramProtocol):
         if not self._reading:
             self._pause_reading()
 
+    @loop_callback
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
             if self._closed_queued:
@@ -115,6 +117,7 @@ class UDPDriver(Driver, asyncio.DatagramProtocol):
         except Exception as exc:
             self.fail(exc)
 
+    @loop_callback
     def error_received(self, exc: Exception) -> None:
         """A per-datagram error (ICMP, a failed send): a non-fatal Error."""
         try:

@@ -49,6 +49,7 @@ from typing import Any
 
 from ..messages import Message, Readable, Writable
 from ..port import Port, ReadOnlyPort
+from ..watchdog import loop_callback
 from .base import Driver, DriverHost
 from .options import take_options
 
@@ -142,6 +143,12 @@ class WatchDriver(Driver):
         except Exception:  # io objects raise ValueError once closed
             return True
 
+    @loop_callback
+    def _fail_soon(self, exc: BaseException) -> None:
+        """Loop callback: a failure deferred a turn (see ``_resume_reading``)."""
+        self.fail(exc)
+
+    @loop_callback
     def _fail_owner_closed(self) -> None:
         self.fail(
             OSError(
@@ -153,9 +160,11 @@ class WatchDriver(Driver):
 
     # Loop callbacks: record readiness, deliver once per iteration.
 
+    @loop_callback
     def _on_readable(self) -> None:
         self._note(_READ)
 
+    @loop_callback
     def _on_writable(self) -> None:
         self._note(_WRITE)
 
@@ -166,6 +175,7 @@ class WatchDriver(Driver):
             self._dispatch_scheduled = True
             self.server.loop.call_soon(self._dispatch)
 
+    @loop_callback
     def _dispatch(self) -> None:
         """Loop thread: deliver what was ready, the kind not delivered last first."""
         self._dispatch_scheduled = False
@@ -198,7 +208,7 @@ class WatchDriver(Driver):
         try:
             self._disarm()
         except Exception as exc:
-            self.server.loop.call_soon(self.fail, exc)
+            self.server.loop.call_soon(self._fail_soon, exc)
 
     def _resume_reading(self) -> None:
         # Called from inside the base's bookkeeping: failures are deferred a turn.
@@ -208,7 +218,7 @@ class WatchDriver(Driver):
         try:
             self._arm()
         except Exception as exc:
-            self.server.loop.call_soon(self.fail, exc)
+            self.server.loop.call_soon(self._fail_soon, exc)
 
     def _close_transport(self) -> None:
         self._release()  # the base then delivers Closed at once

@@ -77,10 +77,21 @@ def foreign_async_task() -> AsyncTaskLike | None:
         # asyncio's running loop first would pick the wrong kind there).
         name = sniffio.thread_local.name or sniffio.current_async_library_cvar.get()
         if name == "trio":
-            from .trio import current_trio_task
-
-            return current_trio_task()
+            return _trio_task or _import_trio_task()
     return None
+
+
+_trio_task: AsyncTaskLike | None = None  # sched/trio.py's task, once imported
+
+
+def _import_trio_task() -> AsyncTaskLike:
+    """The trio task kind, imported on first use (an import statement per
+    ``await`` would cost a microsecond)."""
+    global _trio_task
+    from .trio import current_trio_task
+
+    _trio_task = current_trio_task()
+    return _trio_task
 
 
 def current_async_task() -> AsyncTaskLike:

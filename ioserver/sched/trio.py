@@ -20,6 +20,19 @@ waker's reschedule arrives, the call returns its result) and ``Cancelled``
 arrives at the task's next checkpoint. A timeout is a cancel scope around the
 park, so it follows the same rule.
 
+Checkpoints. trio's rule is that every async function of an API is a
+checkpoint, even when it need not wait: a cancel pending before the call
+raises ``Cancelled`` and the operation does not happen; after an operation
+that completed at once the task yields with the cancel shielded (trio's memory
+channels do the same: ``checkpoint_if_cancelled``, the operation,
+``cancel_shielded_checkpoint``). :class:`TrioTask` says so with
+``checkpoints = True`` and carries the two halves; channel.py's and
+select.py's trio paths call them around a ready operation, and
+:meth:`TrioTask.block_after` checks for a cancel before ``f`` acts (so a
+cancelled ``acall`` submits nothing). A park is a full checkpoint; a park
+that ends before it waits (``f`` found the operation ready, or a waker came
+first) yields with the cancel shielded, so every call yields once.
+
 Detection (sched.py): trio sets ``sniffio.thread_local.name`` to "trio" for the
 whole of ``trio.run``; trio-asyncio switches it to "asyncio" around asyncio
 callbacks, so each side of a trio-asyncio program gets its own kind.
@@ -33,6 +46,7 @@ from typing import Any
 import outcome
 import trio
 
+from .._core import native
 from ._handles import WakeupHandle
 
 __all__ = ["TrioTask", "TrioWakeup", "current_trio_task"]
@@ -41,6 +55,8 @@ _lowlevel = trio.lowlevel
 _reschedule = _lowlevel.reschedule
 _current_token = _lowlevel.current_trio_token
 _current_task = _lowlevel.current_task
+_checkpoint_if_cancelled = _lowlevel.checkpoint_if_cancelled
+_cancel_shielded_checkpoint = _lowlevel.cancel_shielded_checkpoint
 _SUCCEEDED = _lowlevel.Abort.SUCCEEDED
 _FAILED = _lowlevel.Abort.FAILED
 _Value = outcome.Value  # one per wakeup: an outcome is unwrapped once
@@ -91,8 +107,9 @@ class TrioWakeup(WakeupHandle):
     async def park(self, timeout: float | None = None) -> bool:
         """Wait until woken (True) or ``timeout`` passes (False); see the module doc
         for cancellation."""
-        if self._unparked:
-            return True  # woken before parking (by f itself, in block_after)
+        if self._unparked:  # woken before parking (by f itself, or a fast waker)
+            await _cancel_shielded_checkpoint()  # still a schedule point (module doc)
+            return True
         if timeout is None:
             self._parked = True
             await _lowlevel.wait_task_rescheduled(self._abort)
@@ -101,6 +118,7 @@ class TrioWakeup(WakeupHandle):
             return False
         with trio.move_on_after(max(timeout, 0.0)):
             if self._unparked:
+                await _cancel_shielded_checkpoint()
                 return True
             self._parked = True
             await _lowlevel.wait_task_rescheduled(self._abort)
@@ -113,6 +131,18 @@ class TrioTask:
 
     __slots__ = ()
 
+    #: Every await is a trio checkpoint (module doc): channel.py and select.py
+    #: call the two halves below around an operation that completes at once.
+    checkpoints = True
+    #: Raise ``Cancelled`` (after a schedule point) if a cancel is pending, else
+    #: return at once: before an operation, so a cancelled one did not happen.
+    checkpoint_if_cancelled = staticmethod(_checkpoint_if_cancelled)
+    #: Yield to the scheduler with the cancel shielded: after an operation that
+    #: happened, so a cancel arriving now cannot lose its result.
+    cancel_shielded_checkpoint = staticmethod(_cancel_shielded_checkpoint)
+    #: A fresh handle of the running trio task (channel.py's one-channel park).
+    wakeup = TrioWakeup
+
     async def yield_now(self) -> None:
         """A trio checkpoint: other tasks run, a pending cancel is delivered."""
         await _lowlevel.checkpoint()
@@ -123,13 +153,19 @@ class TrioTask:
         """Call ``f(handle)``, then wait until woken (True) or the timeout (False).
 
         Cancelled: ``trio.Cancelled`` only if the cancel won the claim (nothing
-        happened); otherwise the wakeup stands and this returns True."""
+        happened: a cancel pending on entry raises before ``f`` runs); otherwise
+        the wakeup stands and this returns True."""
+        await _checkpoint_if_cancelled()
         handle = TrioWakeup()
         f(handle)
         return await handle.park(timeout)
 
 
 _TASK = TrioTask()
+
+if native is not None:
+    # The native arecv/asend make the checkpoints in C around a ready operation.
+    native._setup_trio(_TASK, _checkpoint_if_cancelled, _cancel_shielded_checkpoint)
 
 
 def current_trio_task() -> TrioTask:

@@ -63,7 +63,8 @@ def submit_run(kind: str, producers: int, n: int, timeout: float) -> RunResult:
 
     ``kind``: "uvloop" or "asyncio" (``loop.call_soon_threadsafe(tick)``), "janus"
     (``sync_q.put(tick)``; a coroutine on uvloop awaits ``async_q.get()`` and calls it),
-    "ioserver" (``io.call_soon(tick)``; also returns pipe writes per 100k requests).
+    "ioserver" (``io.call_soon(tick)``; also returns pipe writes per 100k requests),
+    "ioserver-nowd" (the same with ``slow_callback=None``: no watchdog).
     """
     per = max(n // producers, 1)
     total = per * producers
@@ -98,7 +99,7 @@ def submit_run(kind: str, producers: int, n: int, timeout: float) -> RunResult:
         else:
             from ioserver.server import IOServer
 
-            io = IOServer().start()
+            io = (IOServer(slow_callback=None) if kind == "ioserver-nowd" else IOServer()).start()
             cleanup.append(io.stop)
             stats0 = io.stats()
             submit = io.call_soon
@@ -817,6 +818,18 @@ def run_idle_ports(cfg: Config) -> list[Row]:
 
 
 # ---------------------------------------------------------------------------------------
+def watchdog_contenders(timeout: float) -> list[Contender]:
+    """``submit_wd``: ``io.call_soon`` submission without and with the watchdog."""
+
+    def c(name: str, kind: str, note: str) -> Contender:
+        return Contender(name, partial(submit_run, kind, 1, timeout=timeout), note)
+
+    return [
+        c("no watchdog", "ioserver-nowd", "IOServer(slow_callback=None).call_soon(noop)"),
+        c("watchdog", "ioserver", "IOServer().call_soon(noop): slow_callback=0.1, the default"),
+    ]
+
+
 # The io suite
 
 SUBMIT_BASE = "uvloop call_soon_threadsafe"
@@ -827,6 +840,7 @@ IO_TARGETS = [
     Target("submit_2t", "io.call_soon", ">=", 3.0, "submit 2 threads: io >= 3x uvloop cst"),
     Target("submit_1t", "io.call_soon", "<=", 2, "submit 1t: <= 2 pipe writes/100k", metric=PIPE),
     Target("submit_2t", "io.call_soon", "<=", 2, "submit 2t: <= 2 pipe writes/100k", metric=PIPE),
+    Target("submit_wd", "watchdog", ">=", 0.98, "watchdog: submission cost <= 2%"),
     Target("call_rt", "io.call", "<=", 1.1, "call_rt: io.call <= 1.1x Lock ping-pong"),
     Target(
         "call_rt",
@@ -883,6 +897,20 @@ def run_io(cfg: Config) -> list[Row]:
             n=n,
             unit="msgs/s",
             baseline=SUBMIT_BASE,
+        )
+
+    if cfg.wants("submit_wd"):
+        # 10 N: a run of N takes ~20 ms here, too short to resolve 2% (per-round
+        # ratios spread 0.84-1.29); 10 N takes ~0.2 s.
+        wd_n = n * 10
+        progress(f"submit_wd: io.call_soon from 1 thread, no watchdog vs watchdog, N={wd_n}")
+        rows += measure(
+            cfg,
+            "submit_wd",
+            watchdog_contenders(to),
+            n=wd_n,
+            unit="msgs/s",
+            baseline="no watchdog",
         )
 
     if cfg.wants("call_rt"):
