@@ -84,6 +84,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ from .sched import (
     shielded,
     thread_wakeup,
 )
+from .sched import _current as _sched_state
 from .sched._original import allocate_lock as Lock  # native even under gevent's patching
 from .sched._original import sleep as _sleep
 
@@ -175,6 +177,7 @@ class _Mark:
         return self.name
 
 
+_modules = sys.modules  # "trio" in it: a trio task may be awaiting (else asyncio)
 _RETRY = _Mark("RETRY")  # nothing was handed over: try the operation again
 _SLOT = _Mark("SLOT")  # bounded: a free slot is reserved for the parked sender
 _WANT = _Mark("WANT")  # rendezvous: a receiver is waiting for the parked coroutine sender
@@ -693,9 +696,10 @@ class _Unbounded(PyChannel[T]):
     try_send = send
 
     async def asend(self, value: T, timeout: float | None = None) -> None:
-        task = foreign_async_task()
-        if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
-            return await _asend_in(self, task, value, timeout)
+        if _sched_state._overrides or "trio" in _modules:  # asyncio pays two loads
+            task = foreign_async_task()
+            if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
+                return await _asend_in(self, task, value, timeout)
         self.send(value)
 
     def _send_locked(self, value: Any) -> None:
@@ -721,9 +725,10 @@ class _Unbounded(PyChannel[T]):
             return _recv_slow(self, 0, True)  # type: ignore[no-any-return]
 
     async def arecv(self, timeout: float | None = None) -> T:
-        task = foreign_async_task()
-        if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
-            return await _arecv_in(self, task, timeout)  # type: ignore[no-any-return]
+        if _sched_state._overrides or "trio" in _modules:  # asyncio pays two loads
+            task = foreign_async_task()
+            if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
+                return await _arecv_in(self, task, timeout)  # type: ignore[no-any-return]
         try:
             return self._buf.popleft()  # type: ignore[no-any-return]
         except IndexError:
@@ -775,9 +780,10 @@ class _Bounded(PyChannel[T]):
         _send_slow(self, value, 0, True)
 
     async def asend(self, value: T, timeout: float | None = None) -> None:
-        task = foreign_async_task()
-        if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
-            return await _asend_in(self, task, value, timeout)
+        if _sched_state._overrides or "trio" in _modules:  # asyncio pays two loads
+            task = foreign_async_task()
+            if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
+                return await _asend_in(self, task, value, timeout)
         if not self._rwake:
             try:
                 self._room.pop()
@@ -812,9 +818,10 @@ class _Bounded(PyChannel[T]):
         return value  # type: ignore[no-any-return]
 
     async def arecv(self, timeout: float | None = None) -> T:
-        task = foreign_async_task()
-        if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
-            return await _arecv_in(self, task, timeout)  # type: ignore[no-any-return]
+        if _sched_state._overrides or "trio" in _modules:  # asyncio pays two loads
+            task = foreign_async_task()
+            if task is not None:  # a trio task: a checkpoint (or a using_task scheduler)
+                return await _arecv_in(self, task, timeout)  # type: ignore[no-any-return]
         try:
             value = self._buf.popleft()
         except IndexError:

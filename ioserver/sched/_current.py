@@ -7,7 +7,8 @@ worker thread; a greenlet may run an asyncio loop), so they are kept apart:
 :func:`current_task` and :func:`current_async_task`.
 
 Each looks only at libraries already imported (``sys.modules``): a program
-that never imports gevent or trio pays one dict lookup. A scoped override
+that never imports gevent or trio pays one dict lookup (sniffio alone, which
+other libraries import too, is not asked). A scoped override
 (:func:`using_task`) comes first; the count of live overrides keeps the
 thread-local lookup off the common path. The kinds themselves live in
 ``sched/gevent.py`` and ``sched/trio.py``, imported only once their library is.
@@ -70,8 +71,8 @@ def foreign_async_task() -> AsyncTaskLike | None:
         task = getattr(_scoped, "aio", None)
         if task is not None:
             return task  # type: ignore[no-any-return]
-    sniffio = _modules.get("sniffio")
-    if sniffio is not None:
+    if "trio" in _modules:
+        sniffio = _modules["sniffio"]  # trio imports it
         # trio sets the thread-local name for its whole run; trio-asyncio
         # switches it to "asyncio" around asyncio callbacks (so checking
         # asyncio's running loop first would pick the wrong kind there).
