@@ -24,8 +24,8 @@ int ioserver_green_possible(void);
  * when a using_task() scope is live (Python decides), 0 for asyncio. Then
  * arecv/asend make trio's checkpoints (channel.c's Op) or run channel.py's
  * _arecv_foreign/_asend_foreign instead of the asyncio fast path. Cheap: one
- * dict lookup without sniffio, an attribute read and a context-variable read
- * with it. Never raises (an error reading sniffio's state counts as asyncio). */
+ * dict lookup until trio is imported, then two more, an attribute read and a
+ * context-variable read. Never raises (an error reading sniffio's state counts as asyncio). */
 int ioserver_async_foreign(void);
 
 /* Each part's init: add its types and functions to the module; 0 or -1. */

@@ -785,8 +785,14 @@ ioserver_async_foreign(void)
     if (green_scopes > 0) {
         return 1;  /* a using_task() scope may name the task: Python decides */
     }
+    /* sniffio alone (aiologic and others import it) cannot name trio: only
+     * once trio itself is imported is its state worth reading. */
     PyObject *modules = PyImport_GetModuleDict();  /* borrowed */
-    PyObject *mod = PyDict_Check(modules) ? PyDict_GetItemWithError(modules, str_sniffio) : NULL;
+    if (!PyDict_Check(modules) || PyDict_GetItemWithError(modules, str_trio) == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *mod = PyDict_GetItemWithError(modules, str_sniffio);
     if (mod == NULL) {
         PyErr_Clear();
         return 0;
