@@ -1198,13 +1198,19 @@ def _send_slow(ch: PyChannel[Any], value: Any, timeout: float | None, nowait: bo
         if not woken:
             ch._sel_unregister(handle)
             raise TimeoutError("send timed out")
-        mark = handle.payload[1]
-        if mark is _SENT:
+        if _parked_send_done(ch, value, handle.payload[1]):
             return
-        if mark is _CLOSED:
-            raise ChannelClosed(ch, value)
-        if mark is not _RETRY and ch._sel_claimed_send(value, mark):
-            return
+
+
+def _parked_send_done(ch: Any, value: Any, mark: Any) -> bool:
+    """What a waker left a parked sender: True if the message is sent (a
+    receiver took it, or the slot or "come and hand it over" was used now),
+    False to try again; raises ChannelClosed if the channel closed."""
+    if mark is _SENT:
+        return True
+    if mark is _CLOSED:
+        raise ChannelClosed(ch, value)
+    return mark is not _RETRY and bool(ch._sel_claimed_send(value, mark))
 
 
 def _undo_send(ch: PyChannel[Any], handle: ThreadWakeup) -> bool:
@@ -1365,12 +1371,7 @@ async def _asend_trio_park(ch: Any, task: Any, value: Any, timeout: float | None
             if not woken:
                 ch._sel_unregister(handle)
                 raise TimeoutError("asend timed out")
-            mark = handle.payload[1]
-            if mark is _CLOSED:
-                raise ChannelClosed(ch, value)
-            if mark is _SENT:
-                return
-            if mark is not _RETRY and ch._sel_claimed_send(value, mark):
+            if _parked_send_done(ch, value, handle.payload[1]):
                 return
         if ch._sel_try_send(value):
             await task.cancel_shielded_checkpoint()
@@ -1456,12 +1457,7 @@ async def _asend_sel(ch: Any, value: Any, timeout: float | None) -> None:
         if not woken:
             ch._sel_unregister(handle)
             raise TimeoutError("asend timed out")
-        mark = handle.payload[1]
-        if mark is _CLOSED:
-            raise ChannelClosed(ch, value)
-        if mark is _SENT:
-            return
-        if mark is not _RETRY and ch._sel_claimed_send(value, mark):
+        if _parked_send_done(ch, value, handle.payload[1]):
             return
 
 

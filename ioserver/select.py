@@ -54,7 +54,7 @@ from time import monotonic as _now
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._core import native
-from .channel import _CLOSED, _NOTHING, _RETRY, _SENT, Channel, ChannelClosed, _install_select
+from .channel import _NOTHING, _RETRY, Channel, ChannelClosed, _install_select, _parked_send_done
 from .sched import (
     AsyncTaskLike,
     AsyncWakeup,
@@ -158,11 +158,7 @@ def _finish(ops: list[_Op], payload: tuple[int, Any]) -> tuple[Any, Any] | None:
     if mark is _RETRY:
         return None
     if is_send:
-        if mark is _SENT:
-            return src, None
-        if mark is _CLOSED:
-            raise ChannelClosed(src, value)
-        return (src, None) if src._sel_claimed_send(value, mark) else None
+        return (src, None) if _parked_send_done(src, value, mark) else None
     src._sel_release_slot()
     return src, mark
 
