@@ -11,7 +11,6 @@ import errno
 import os
 import socket
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,15 +23,6 @@ from ioserver.port import DEFAULT_INBOX_CAPACITY
 CLIENTS = 300
 #: Connections a listener may accept past its full inbox (on their way to Accepted).
 ACCEPT_BATCH = getattr(stream, "ACCEPT_BATCH", 16)
-
-
-@pytest.fixture(params=["auto", "asyncio"], ids=["uvloop", "asyncio"])
-def io(request: pytest.FixtureRequest) -> Iterator[IOServer]:
-    server = IOServer(loop=request.param, name="accept-backpressure").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def connect_nowait(family: int, address: Any) -> socket.socket:

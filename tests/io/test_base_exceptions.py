@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 from ioserver import IOServer
 from ioserver.messages import Data
-
-
-@pytest.fixture(params=["auto", "asyncio"], ids=["uvloop", "asyncio"])
-def io(request: pytest.FixtureRequest) -> Iterator[IOServer]:
-    server = IOServer(loop=request.param, name="base-exc").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def raise_keyboard_interrupt() -> None:

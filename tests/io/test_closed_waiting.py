@@ -8,7 +8,6 @@ still deliver Closed and unregister the port, or it stays open forever.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,15 +15,6 @@ from helpers import wait_until
 
 from ioserver import Channel, IOServer
 from ioserver.messages import Closed
-
-
-@pytest.fixture(params=["auto", "asyncio"], ids=["uvloop", "asyncio"])
-def io(request: pytest.FixtureRequest) -> Iterator[IOServer]:
-    server = IOServer(loop=request.param, name="closed-waiting").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _port_with_closed_waiting(io: IOServer) -> tuple[Any, Channel[Any], socket.socket]:

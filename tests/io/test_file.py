@@ -10,7 +10,6 @@ import errno
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,12 +22,6 @@ from ioserver.port import Port, PortClosed
 from ioserver.server import IOServer
 
 T = 20.0  # a receive that should succeed at once; only a hang hits it
-
-
-@pytest.fixture(params=["auto", "asyncio"], ids=["uvloop", "asyncio"])
-def io(request: pytest.FixtureRequest) -> Iterator[IOServer]:
-    with IOServer(loop=request.param) as server:
-        yield server
 
 
 def recv_until_closed(port: Port, timeout: float = T) -> list[Message]:

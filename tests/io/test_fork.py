@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,15 +26,6 @@ from ioserver.port import PortClosed
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-@pytest.fixture(params=["auto", "asyncio"], ids=["uvloop", "asyncio"])
-def io(request: pytest.FixtureRequest) -> Iterator[IOServer]:
-    server = IOServer(loop=request.param, name="fork-parent").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def reap(pid: int, timeout: float = 20.0) -> tuple[int, float]:

@@ -14,7 +14,6 @@ import re
 import socket
 import time
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,15 +23,6 @@ from ioserver import Channel, IOServer
 from ioserver.drivers import timer
 from ioserver.messages import Accepted, Closed, Data, Datagram, Tick
 from ioserver.port import DEFAULT_INBOX_CAPACITY
-
-
-@pytest.fixture(params=["auto", "asyncio"], ids=["uvloop", "asyncio"])
-def io(request: pytest.FixtureRequest) -> Iterator[IOServer]:
-    server = IOServer(loop=request.param, name="lifetime").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def open_fds() -> int:

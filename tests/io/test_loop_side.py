@@ -13,7 +13,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,15 +23,6 @@ from ioserver.messages import Closed, Data
 from ioserver.port import Port
 
 T = 10.0
-
-
-@pytest.fixture(params=["auto", "asyncio"], ids=["uvloop", "asyncio"])
-def io(request: pytest.FixtureRequest) -> Iterator[IOServer]:
-    server = IOServer(loop=request.param, name="loop-side").start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def pair(io: IOServer, **options: Any) -> tuple[socket.socket, Port]:

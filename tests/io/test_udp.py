@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,12 +23,6 @@ from ioserver.server import IOServer
 
 LOCAL = ("127.0.0.1", 0)
 MARK = object()
-
-
-@pytest.fixture(params=["uvloop", "asyncio"])
-def io(request: pytest.FixtureRequest) -> Iterator[IOServer]:
-    with IOServer(loop=request.param, name=f"udp-{request.param}") as server:
-        yield server
 
 
 def dead_address() -> tuple[str, int]:

@@ -28,12 +28,6 @@ from ioserver.server import IOServer
 MARK = object()
 
 
-@pytest.fixture(params=["uvloop", "asyncio"])
-def io(request: pytest.FixtureRequest) -> Iterator[IOServer]:
-    with IOServer(loop=request.param, name=f"watch-{request.param}") as server:
-        yield server
-
-
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     a, b = socket.socketpair()
