@@ -56,56 +56,12 @@ static PyObject *FeedDescr, *DeliverDescr;  /* owned: the methods setup_driver m
 static PyObject *s_feed, *s_deliver, *s_fail, *s_py_deliver, *s_feed_frames, *s_hold, *s_flush, *s_wait_for_room, *s_inbox_gone, *s_spend,
     *s_try_send, *s_server, *s_loop;
 
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
-
-/* Replace the object in a slot (steals value; the old one may be NULL). */
-static inline void
-slot_set(PyObject *obj, Py_ssize_t off, PyObject *value)
-{
-    PyObject *old = SLOT(obj, off);
-    SLOT(obj, off) = value;
-    Py_XDECREF(old);
-}
-
-/* A slot's value (borrowed), or NULL with AttributeError when unset. */
-static inline PyObject *
-slot_get(PyObject *obj, Py_ssize_t off, const char *name)
-{
-    PyObject *v = SLOT(obj, off);
-    if (v == NULL) {
-        PyErr_Format(PyExc_AttributeError, "'%s' object has no attribute '%s'",
-                     Py_TYPE(obj)->tp_name, name);
-    }
-    return v;
-}
-
-/* slot += n for an int slot; 0, or -1 with an exception. */
-static int
-slot_add(PyObject *obj, Py_ssize_t off, const char *name, Py_ssize_t n)
-{
-    PyObject *old = slot_get(obj, off, name);
-    if (old == NULL) {
-        return -1;
-    }
-    PyObject *delta = PyLong_FromSsize_t(n);
-    if (delta == NULL) {
-        return -1;
-    }
-    PyObject *sum = PyNumber_Add(old, delta);
-    Py_DECREF(delta);
-    if (sum == NULL) {
-        return -1;
-    }
-    slot_set(obj, off, sum);
-    return 0;
-}
-
 /* The port of a driver (a new reference), Py_None's new reference when it was
  * collected, or NULL with an exception. */
 static PyObject *
 driver_port(PyObject *self)
 {
-    PyObject *ref = slot_get(self, doff[D_PORT], "_port");
+    PyObject *ref = ioserver_slot_get(self, doff[D_PORT], "_port");
     if (ref == NULL) {
         return NULL;
     }
@@ -193,7 +149,7 @@ driver_deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *message = args[0];
-    PyObject *closed_queued = slot_get(self, doff[D_CLOSED_QUEUED], "_closed_queued");
+    PyObject *closed_queued = ioserver_slot_get(self, doff[D_CLOSED_QUEUED], "_closed_queued");
     if (closed_queued == NULL) {
         return NULL;
     }
@@ -215,12 +171,12 @@ driver_deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return call_done(call_method1(self, s_py_deliver, message));
     }
     PyObject *result = NULL;
-    if (slot_add(self, doff[D_MESSAGES_IN], "messages_in", 1) < 0) {
+    if (ioserver_slot_add(self, doff[D_MESSAGES_IN], "messages_in", 1) < 0) {
         goto done;
     }
-    PyObject *pending = slot_get(port, off_pending, "_pending");
-    PyObject *active = slot_get(self, doff[D_ACTIVE], "_active");
-    PyObject *waiting = slot_get(self, doff[D_WAITING_ROOM], "_waiting_room");
+    PyObject *pending = ioserver_slot_get(port, off_pending, "_pending");
+    PyObject *active = ioserver_slot_get(self, doff[D_ACTIVE], "_active");
+    PyObject *waiting = ioserver_slot_get(self, doff[D_WAITING_ROOM], "_waiting_room");
     if (pending == NULL || active == NULL || waiting == NULL) {
         goto done;
     }
@@ -239,7 +195,7 @@ driver_deliver(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         result = call_done(PyObject_CallMethodNoArgs(self, s_flush));
         goto done;
     }
-    PyObject *inbox = slot_get(port, off_inbox, "_inbox");
+    PyObject *inbox = ioserver_slot_get(port, off_inbox, "_inbox");
     if (inbox == NULL) {
         goto done;
     }
@@ -294,7 +250,7 @@ driver_feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *data = args[0];
-    PyObject *finished = slot_get(self, doff[D_FINISHED], "_finished");
+    PyObject *finished = ioserver_slot_get(self, doff[D_FINISHED], "_finished");
     if (finished == NULL) {
         return NULL;
     }
@@ -303,10 +259,10 @@ driver_feed(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return t < 0 ? NULL : Py_NewRef(Py_None);
     }
     Py_ssize_t n = PyObject_Length(data);
-    if (n < 0 || slot_add(self, doff[D_BYTES_IN], "bytes_in", n) < 0) {
+    if (n < 0 || ioserver_slot_add(self, doff[D_BYTES_IN], "bytes_in", n) < 0) {
         return NULL;
     }
-    PyObject *raw = slot_get(self, doff[D_RAW], "_raw");
+    PyObject *raw = ioserver_slot_get(self, doff[D_RAW], "_raw");
     if (raw == NULL) {
         return NULL;
     }
@@ -366,7 +322,7 @@ monotonic_now(void)
 static inline int
 slot_nonzero(PyObject *obj, Py_ssize_t off)
 {
-    PyObject *v = SLOT(obj, off);
+    PyObject *v = IOSERVER_SLOT(obj, off);
     return v != NULL && (!PyFloat_CheckExact(v) || PyFloat_AS_DOUBLE(v) != 0.0);
 }
 
@@ -376,7 +332,7 @@ slot_nonzero(PyObject *obj, Py_ssize_t off)
 static PyObject *
 section_enter(PyObject *self)
 {
-    PyObject *wd = SLOT(self, off_watchdog);
+    PyObject *wd = IOSERVER_SLOT(self, off_watchdog);
     if (wd == NULL || wd == Py_None || !PyObject_TypeCheck(wd, WatchdogType)
         || slot_nonzero(wd, off_since)) {
         return NULL;
@@ -386,9 +342,9 @@ section_enter(PyObject *self)
         PyErr_Clear();
         return NULL;
     }
-    slot_set(wd, off_since, start);  /* the old value is a float: freeing it runs nothing */
+    ioserver_slot_set(wd, off_since, start);  /* the old value is a float: freeing it runs nothing */
     Py_INCREF(wd);
-    if (SLOT(wd, off_parked) == Py_True) {  /* first section after an idle period */
+    if (IOSERVER_SLOT(wd, off_parked) == Py_True) {  /* first section after an idle period */
         PyObject *r = PyObject_CallMethodNoArgs(wd, s_unpark);
         if (r == NULL) {
             PyErr_WriteUnraisable(wd);
@@ -402,7 +358,7 @@ section_enter(PyObject *self)
 static void
 section_leave(PyObject *wd)
 {
-    slot_set(wd, off_since, Py_NewRef(ZeroFloat));
+    ioserver_slot_set(wd, off_since, Py_NewRef(ZeroFloat));
     if (slot_nonzero(wd, off_stuck)) {  /* reported stuck: time it exactly */
         ioserver_SavedError saved;
         ioserver_err_save(&saved);
@@ -450,18 +406,7 @@ data_received_body(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (r != NULL || !PyErr_ExceptionMatches(PyExc_Exception)) {
         return r;
     }
-#if PY_VERSION_HEX >= 0x030C0000
-    PyObject *exc = PyErr_GetRaisedException();
-#else
-    PyObject *type, *exc, *tb;
-    PyErr_Fetch(&type, &exc, &tb);
-    PyErr_NormalizeException(&type, &exc, &tb);
-    if (tb != NULL) {
-        PyException_SetTraceback(exc, tb);
-    }
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-#endif
+    PyObject *exc = ioserver_err_take();
     r = call_method1(self, s_fail, exc);
     Py_DECREF(exc);
     return call_done(r);
@@ -500,16 +445,8 @@ setup_driver(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyTypeObject *driver = (PyTypeObject *)args[0];
     PyTypeObject *port = (PyTypeObject *)args[1];
-    for (int i = 0; i < D_NFIELDS; i++) {
-        PyObject *name = PyUnicode_FromString(driver_fields[i]);
-        if (name == NULL) {
-            return NULL;
-        }
-        doff[i] = ioserver_slot_offset(driver, name);
-        Py_DECREF(name);
-        if (doff[i] < 0) {
-            return NULL;
-        }
+    if (ioserver_slot_offsets(driver, driver_fields, doff, D_NFIELDS) < 0) {
+        return NULL;
     }
     PyObject *name = PyUnicode_FromString("_pending");
     off_pending = name == NULL ? -1 : ioserver_slot_offset(port, name);

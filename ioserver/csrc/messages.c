@@ -112,6 +112,40 @@ ioserver_slot_offset(PyTypeObject *cls, PyObject *name)
     return offset;
 }
 
+int
+ioserver_slot_offsets(PyTypeObject *cls, const char *const *names, Py_ssize_t *out, int count)
+{
+    for (int i = 0; i < count; i++) {
+        PyObject *name = PyUnicode_FromString(names[i]);
+        if (name == NULL) {
+            return -1;
+        }
+        out[i] = ioserver_slot_offset(cls, name);
+        Py_DECREF(name);
+        if (out[i] < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
+ioserver_slot_add(PyObject *obj, Py_ssize_t off, const char *name, Py_ssize_t n)
+{
+    PyObject *old = ioserver_slot_get(obj, off, name);
+    if (old == NULL) {
+        return -1;
+    }
+    PyObject *delta = PyLong_FromSsize_t(n);
+    PyObject *sum = delta == NULL ? NULL : PyNumber_Add(old, delta);
+    Py_XDECREF(delta);
+    if (sum == NULL) {
+        return -1;
+    }
+    ioserver_slot_set(obj, off, sum);  /* the old value is an int: freeing it runs nothing */
+    return 0;
+}
+
 static PyObject *
 message_maker(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {

@@ -45,8 +45,38 @@ int ioserver_init_budget(PyObject *module);
 int ioserver_is_request_queue(PyObject *o);
 int ioserver_queue_submit(PyObject *queue, PyObject *const *argv, Py_ssize_t nargs,
                           int more_coming);
-/* The offset of cls's object slot `name` (csrc/messages.c), or -1 with an exception. */
+/* ---- object slots of the Python classes, at their member offsets -----------
+ * (csrc/messages.c) The offset of cls's object slot `name`, or -1 with an
+ * exception; ioserver_slot_offsets resolves `count` names into out: 0 or -1. */
 Py_ssize_t ioserver_slot_offset(PyTypeObject *cls, PyObject *name);
+int ioserver_slot_offsets(PyTypeObject *cls, const char *const *names, Py_ssize_t *out,
+                          int count);
+
+#define IOSERVER_SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+/* Replace the object in a slot (steals value; the old one may be NULL). */
+static inline void
+ioserver_slot_set(PyObject *obj, Py_ssize_t off, PyObject *value)
+{
+    PyObject *old = IOSERVER_SLOT(obj, off);
+    IOSERVER_SLOT(obj, off) = value;
+    Py_XDECREF(old);
+}
+
+/* A slot's value (borrowed), or NULL with AttributeError when unset. */
+static inline PyObject *
+ioserver_slot_get(PyObject *obj, Py_ssize_t off, const char *name)
+{
+    PyObject *v = IOSERVER_SLOT(obj, off);
+    if (v == NULL) {
+        PyErr_Format(PyExc_AttributeError, "'%s' object has no attribute '%s'",
+                     Py_TYPE(obj)->tp_name, name);
+    }
+    return v;
+}
+
+/* slot += n for an int slot (a counter): 0, or -1 with an exception. */
+int ioserver_slot_add(PyObject *obj, Py_ssize_t off, const char *name, Py_ssize_t n);
 
 /* ---- sched.c: wakeup handles ------------------------------------------------
  *

@@ -186,16 +186,8 @@ setup_port(PyObject *module, PyObject *cls)
         return NULL;
     }
     PyTypeObject *type = (PyTypeObject *)cls;
-    for (int i = 0; i < P_NFIELDS; i++) {
-        PyObject *name = PyUnicode_FromString(port_fields[i]);
-        if (name == NULL) {
-            return NULL;
-        }
-        poff[i] = ioserver_slot_offset(type, name);
-        Py_DECREF(name);
-        if (poff[i] < 0) {
-            return NULL;
-        }
+    if (ioserver_slot_offsets(type, port_fields, poff, P_NFIELDS) < 0) {
+        return NULL;
     }
     s_py_send = PyUnicode_InternFromString("_py_send");
     s_write_on_loop = PyUnicode_InternFromString("_write_on_loop");

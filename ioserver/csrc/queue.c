@@ -427,19 +427,7 @@ RequestQueue_call_soon(RequestQueue *self, PyObject *const *argv, Py_ssize_t nar
 static void
 report_failure(RequestQueue *self, PyObject *fn)
 {
-    /* value: the exception, owned here until dropped below. */
-#if PY_VERSION_HEX >= 0x030C0000
-    PyObject *value = PyErr_GetRaisedException();
-#else
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL && value != NULL) {
-        PyException_SetTraceback(value, tb);
-    }
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-#endif
+    PyObject *value = ioserver_err_take();  /* owned here until dropped below */
     PyObject *res = PyObject_CallMethod((PyObject *)self, "_request_failed", "OO", fn,
                                        value != NULL ? value : Py_None);
     Py_XDECREF(value);

@@ -36,29 +36,6 @@ static PyObject *StreamWrite;           /* owned: StreamDriver._write, the funct
 static PyObject *s_write, *s_write_private, *s_fail, *s_wake_writers, *s_get_write_buffer_size,
     *s_is_closing;
 
-#define WSLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
-
-/* An int slot += n; 0, or -1 with an exception. */
-static int
-slot_add(PyObject *obj, Py_ssize_t off, const char *name, Py_ssize_t n)
-{
-    PyObject *old = WSLOT(obj, off);
-    if (old == NULL) {
-        PyErr_Format(PyExc_AttributeError, "'%s' object has no attribute '%s'",
-                     Py_TYPE(obj)->tp_name, name);
-        return -1;
-    }
-    PyObject *delta = PyLong_FromSsize_t(n);
-    PyObject *sum = delta == NULL ? NULL : PyNumber_Add(old, delta);
-    Py_XDECREF(delta);
-    if (sum == NULL) {
-        return -1;
-    }
-    WSLOT(obj, off) = sum;
-    Py_DECREF(old);  /* an int: runs no code */
-    return 0;
-}
-
 /* Whether `driver` writes bytes the way this file does: a StreamDriver whose
  * class kept write and _write, in raw mode (encoder exactly RawEncoder). */
 static int
@@ -70,7 +47,7 @@ fast_stream(PyObject *driver)
         || _PyType_Lookup(type, s_write_private) != StreamWrite) {
         return 0;
     }
-    PyObject *encoder = WSLOT(driver, driver_off[W_ENCODER]);
+    PyObject *encoder = IOSERVER_SLOT(driver, driver_off[W_ENCODER]);
     return encoder != NULL && Py_IS_TYPE(encoder, RawEncoderType);
 }
 
@@ -103,7 +80,7 @@ call_size(PyObject *transport, PyObject *name)
 static int
 stream_write(PyObject *driver, PyObject *transport, PyObject *data)
 {
-    PyObject *fd_obj = WSLOT(driver, driver_off[W_FD]);
+    PyObject *fd_obj = IOSERVER_SLOT(driver, driver_off[W_FD]);
     long fd = fd_obj != NULL && PyLong_CheckExact(fd_obj) ? PyLong_AsLong(fd_obj) : -1;
     if (fd == -1 && PyErr_Occurred()) {
         return -1;
@@ -148,7 +125,7 @@ stream_write(PyObject *driver, PyObject *transport, PyObject *data)
 static int
 driver_write(PyObject *driver, PyObject *data)
 {
-    PyObject *queued = WSLOT(driver, driver_off[W_CLOSED_QUEUED]);
+    PyObject *queued = IOSERVER_SLOT(driver, driver_off[W_CLOSED_QUEUED]);
     if (queued == NULL) {
         PyErr_SetString(PyExc_AttributeError, "_closed_queued");
         return -1;
@@ -157,9 +134,9 @@ driver_write(PyObject *driver, PyObject *data)
     if (q != 0) {
         return q < 0 ? -1 : 0;
     }
-    int rc = slot_add(driver, driver_off[W_BYTES_OUT], "bytes_out", PyBytes_GET_SIZE(data));
+    int rc = ioserver_slot_add(driver, driver_off[W_BYTES_OUT], "bytes_out", PyBytes_GET_SIZE(data));
     if (rc == 0) {
-        PyObject *transport = WSLOT(driver, driver_off[W_TRANSPORT]);
+        PyObject *transport = IOSERVER_SLOT(driver, driver_off[W_TRANSPORT]);
         if (transport != NULL && transport != Py_None) {
             Py_INCREF(transport);
             rc = stream_write(driver, transport, data);
@@ -188,7 +165,7 @@ port_write_on_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (n == -1 && PyErr_Occurred()) {
         return NULL;
     }
-    PyObject *driver = WSLOT(self, port_off[W_DRIVER]);
+    PyObject *driver = IOSERVER_SLOT(self, port_off[W_DRIVER]);
     if (driver == NULL) {
         PyErr_SetString(PyExc_AttributeError, "_driver");
         return NULL;
@@ -203,10 +180,10 @@ port_write_on_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
     }
-    if (slot_add(self, port_off[W_PROCESSED], "_processed", n) < 0) {
+    if (ioserver_slot_add(self, port_off[W_PROCESSED], "_processed", n) < 0) {
         return NULL;
     }
-    PyObject *writers = WSLOT(self, port_off[W_WRITERS]);
+    PyObject *writers = IOSERVER_SLOT(self, port_off[W_WRITERS]);
     int any = writers == NULL ? 0 : PyObject_IsTrue(writers);
     if (any < 0) {
         return NULL;
@@ -220,23 +197,6 @@ port_write_on_loop(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyMethodDef write_on_loop_def = {
     "_write_on_loop", (PyCFunction)(void (*)(void))port_write_on_loop, METH_FASTCALL,
     "Loop thread: hand a write to the driver, then update the accounting (native)."};
-
-static int
-offsets(PyTypeObject *type, const char *const *names, Py_ssize_t *out, int count)
-{
-    for (int i = 0; i < count; i++) {
-        PyObject *name = PyUnicode_FromString(names[i]);
-        if (name == NULL) {
-            return -1;
-        }
-        out[i] = ioserver_slot_offset(type, name);
-        Py_DECREF(name);
-        if (out[i] < 0) {
-            return -1;
-        }
-    }
-    return 0;
-}
 
 static PyObject *
 setup_writer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -253,8 +213,8 @@ setup_writer(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyTypeObject *port = (PyTypeObject *)args[0];
     PyTypeObject *driver = (PyTypeObject *)args[1];
     PyTypeObject *stream = (PyTypeObject *)args[2];
-    if (offsets(port, port_fields, port_off, W_PORT_FIELDS) < 0
-        || offsets(stream, driver_fields, driver_off, W_DRIVER_FIELDS) < 0) {
+    if (ioserver_slot_offsets(port, port_fields, port_off, W_PORT_FIELDS) < 0
+        || ioserver_slot_offsets(stream, driver_fields, driver_off, W_DRIVER_FIELDS) < 0) {
         return NULL;
     }
     s_write = PyUnicode_InternFromString("write");
