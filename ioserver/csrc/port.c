@@ -44,9 +44,6 @@ int_slot(PyObject *self, int i)
     return PyLong_AsSsize_t(v);
 }
 
-/* Count n more bytes submitted and queue write(data, n) on the loop: 0, or -1
- * with an exception (ServerStopped after the server stopped; the count stays, as
- * in the Python version). */
 /* The port's _write_on_loop as its class has it (borrowed), if calling it with
  * the port as first argument is the method call: a function (port.py's), or a
  * method descriptor (write.c's, which stream.py installs); else NULL. */
@@ -57,6 +54,9 @@ write_on_loop(PyObject *self)
     return w != NULL && (PyFunction_Check(w) || Py_IS_TYPE(w, &PyMethodDescr_Type)) ? w : NULL;
 }
 
+/* Count n more bytes submitted and queue write(data, n) on the loop: 0, or -1
+ * with an exception (ServerStopped after the server stopped; the count stays, as
+ * in the Python version). */
 static int
 queue_write(PyObject *self, PyObject *write, PyObject *data, Py_ssize_t n)
 {

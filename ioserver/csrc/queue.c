@@ -33,8 +33,9 @@
  * while the producer goes through its batch, and drains the batch in one go
  * (100-port echo: a quarter of the drains and pipe writes, +8% round trips).
  * So that close can't free an fd number (for the kernel to reuse) under a
- * write released from the GIL, each such write is counted (`writers`, under the GIL) and close_fds hands
- * the fds to the last writer out instead of closing them itself.
+ * write made without the GIL, each such write is counted (`writers`, under
+ * the GIL) and close_fds hands the fds to the last writer out instead of
+ * closing them itself.
  *
  * References: the ring owns one reference to each queued fn, args tuple and
  * reject (NULL for None). A pop moves the three to the popper, which drops
@@ -212,7 +213,8 @@ close_deferred(RequestQueue *self)
 }
 
 /* Producer, token just taken: wake the loop with one byte. Called with the
- * GIL held; releases it around write(2) (see the header comment). The caller
+ * GIL held; releases it around write(2) unless hold_gil (see the header
+ * comment: a producer with more to submit at once). The caller
  * holds a reference to self (it is running one of its methods). */
 static void
 write_pipe(RequestQueue *self, int hold_gil)
